@@ -1,0 +1,149 @@
+"""The ``bertrt`` command line: one command per pipeline stage.
+
+Commands parse their options and call the library; heavy imports (torch, onnx, onnxruntime) happen inside the
+command that needs them, so ``bertrt --help`` is instant. Errors a user can fix print one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from . import __version__
+from .errors import BertrtError
+
+app = typer.Typer(
+    help="bertrt: train, compress, export and serve BERT models, from raw text to a verified ONNX artifact.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+tokenizer_app = typer.Typer(help="Train and inspect WordPiece tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"bertrt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+@tokenizer_app.command("train")
+def tokenizer_train(
+    files: list[Path] = typer.Argument(..., help="UTF-8 text files to learn the vocabulary from."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to write tokenizer.json, vocab.txt and "
+                                "tokenizer_config.json into (created atomically)."),
+    vocab_size: int = typer.Option(30522, help="Vocabulary size including special tokens. Smaller corpora want "
+                                   "smaller vocabularies (8k-16k for a few MB of text)."),
+    lowercase: bool = typer.Option(True, "--lowercase/--no-lowercase", help="Lowercase and strip accents "
+                                   "(uncased BERT). Use --no-lowercase when case carries meaning, e.g. for NER."),
+    min_frequency: int = typer.Option(2, help="Ignore pieces seen fewer times than this."),
+    force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
+):
+    """Train a BERT WordPiece tokenizer (CJK characters split one per token, [CLS]/[SEP]/[MASK] specials)."""
+    from .atomic import atomic_dir
+    from .tokenizer import save_tokenizer, train_tokenizer
+
+    with atomic_dir(output, force) as tmp:
+        tok = train_tokenizer(files, vocab_size=vocab_size, lowercase=lowercase, min_frequency=min_frequency)
+        fp = save_tokenizer(tok, tmp)
+    typer.echo(f"wrote {output} (vocabulary {tok.get_vocab_size()}, fingerprint {fp[:16]})")
+
+
+# ---------------------------------------------------------------------------------------------------- info
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="A checkpoint directory (bertrt or Hugging Face BERT) or an artifact."),
+    seq_len: int = typer.Option(128, help="Sequence length for the FLOPs-per-token count (attention grows "
+                                "with it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of text."),
+):
+    """Describe a checkpoint (architecture, task, labels, parameters, per-layer sizes, FLOPs) or an artifact."""
+    from .artifact import MANIFEST
+
+    if (path / MANIFEST).is_file():
+        from .artifact import load_manifest
+
+        report = load_manifest(path, verify=True)
+        typer.echo(json.dumps(report, indent=2) if as_json else _format_artifact(path, report))
+        return
+    report = _checkpoint_report(path, seq_len)
+    typer.echo(json.dumps(report, indent=2) if as_json else _format_checkpoint(path, report))
+
+
+def _checkpoint_report(path: Path, seq_len: int) -> dict:
+    import torch
+
+    from .checkpoint import TASK_ARCHITECTURES, read_config
+    from .errors import CheckpointError
+    from .model import Bert
+
+    if not path.is_dir():
+        raise CheckpointError(f"not found: {path}")
+    cfg, raw = read_config(path)
+    with torch.device("meta"):  # count parameters without allocating or reading weights
+        params = Bert(cfg).num_parameters()
+    tok = path / "tokenizer.json"
+    fp = raw.get("bertrt", {}).get("tokenizer_fingerprint")
+    if fp is None and tok.is_file():
+        from .tokenizer import fingerprint, load_tokenizer
+
+        fp = fingerprint(load_tokenizer(tok))
+    return {
+        "architecture": TASK_ARCHITECTURES[cfg.task], "task": cfg.task, "labels": cfg.labels,
+        "parameters": params, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size, "heads_per_layer": cfg.num_heads, "ffn_per_layer": cfg.ffn_sizes,
+        "max_position_embeddings": cfg.max_position_embeddings, "seq_len": seq_len,
+        "flops_per_token": cfg.flops_per_token(seq_len), "tokenizer_fingerprint": fp,
+    }
+
+
+def _format_checkpoint(path: Path, r: dict) -> str:
+    lines = [
+        f"checkpoint   {path}",
+        f"architecture {r['architecture']} (task: {r['task']})",
+        f"labels       {', '.join(r['labels']) if r['labels'] else '-'}",
+        f"parameters   {r['parameters']:,} ({r['parameters'] / 1e6:.1f} M)",
+        f"shape        {r['layers']} layers, hidden {r['hidden_size']}, vocab {r['vocab_size']}, "
+        f"max positions {r['max_position_embeddings']}",
+        f"FLOPs/token  {r['flops_per_token'] / 1e6:.2f} MFLOPs at sequence length {r['seq_len']} (encoder matmuls)",
+        f"tokenizer    {r['tokenizer_fingerprint'][:16] if r['tokenizer_fingerprint'] else 'none in this folder'}",
+        "layer  heads  ffn",
+    ]
+    lines += [f"{i:>5}  {h:>5}  {f:>4}" for i, (h, f) in enumerate(zip(r["heads_per_layer"], r["ffn_per_layer"]))]
+    return "\n".join(lines)
+
+
+def _format_artifact(path: Path, m: dict) -> str:
+    lines = [f"artifact     {path} (format {m['format_version']}, files verified)",
+             f"task         {m['task']}" + (f" (labels: {', '.join(m['labels'])})" if m["labels"] else ""),
+             f"precision    {m['precision']}", f"max length   {m['max_length']}",
+             f"inputs       {', '.join(m['inputs'])}", f"outputs      {', '.join(m['outputs'])}"]
+    for key in ("optimization", "quantization", "pruning", "parity", "versions"):
+        if m.get(key):
+            lines.append(f"{key:<12} {json.dumps(m[key], sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def main():
+    """Console entry point: run the app, turning bertrt's errors into one line on stderr."""
+    try:
+        app()
+    except BertrtError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

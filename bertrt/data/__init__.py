@@ -1,0 +1,1 @@
+"""Corpus reading, pretraining examples (MLM + NSP) and task datasets."""

@@ -1,0 +1,21 @@
+"""Typed errors. Each message names the problem and, where there is one, the fix; the CLI prints it as one line."""
+
+
+class BertrtError(Exception):
+    """Base class of every error bertrt raises for a user's input (the CLI turns these into one line, no traceback)."""
+
+
+class CheckpointError(BertrtError):
+    """A checkpoint directory is missing, of another architecture, corrupt, or its weights do not fit the config."""
+
+
+class TokenizerError(BertrtError):
+    """A tokenizer cannot be trained, loaded or saved as asked."""
+
+
+class OutputExistsError(BertrtError):
+    """The output path exists and ``force`` was not given."""
+
+
+class ArtifactError(BertrtError):
+    """An artifact is missing a file, fails its sha256 check, or has a manifest this version cannot read."""

@@ -1,0 +1,1 @@
+"""Torch-free inference: ONNX Runtime session, tokenization, batching, postprocessing, HTTP server."""

@@ -1,0 +1,120 @@
+"""WordPiece tokenizers: train, load, save, fingerprint (on the ``tokenizers`` library; no torch).
+
+The pipeline is BERT's: clean text, split CJK characters one per token, optional lowercasing with accent stripping,
+split on whitespace and punctuation, WordPiece with ``##`` continuations, then ``[CLS] A [SEP] (B [SEP])`` with
+segment ids 0/1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from .errors import TokenizerError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _build(vocab: dict[str, int], lowercase: bool, strip_accents: bool | None = None) -> Tokenizer:
+    for t in SPECIAL_TOKENS:
+        if t not in vocab:
+            raise TokenizerError(f"the vocabulary has no {t} token; a BERT tokenizer needs all of {SPECIAL_TOKENS}")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=strip_accents, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
+def train_tokenizer(files: list[str | os.PathLike], vocab_size: int = 30522, lowercase: bool = True,
+                    min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
+    """Train a BERT WordPiece tokenizer on text files (UTF-8)."""
+    files = [str(f) for f in files]
+    for f in files:
+        if not Path(f).is_file():
+            raise TokenizerError(f"training file not found: {f}")
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise TokenizerError(f"--vocab-size {vocab_size} is too small; it must leave room beyond the special tokens")
+    tok = _build({t: i for i, t in enumerate(SPECIAL_TOKENS)}, lowercase)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##",
+                                        show_progress=show_progress)
+    tok.train(files, trainer)
+    vocab = tok.get_vocab()
+    if len(vocab) <= len(SPECIAL_TOKENS):
+        raise TokenizerError(f"the training files ({', '.join(files)}) contain no text to learn a vocabulary from")
+    return _build(vocab, lowercase)  # rebuild so the post-processor has the final ids
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load ``tokenizer.json`` or ``vocab.txt`` from a file or a directory (a checkpoint, artifact or HF folder)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("tokenizer.json", "vocab.txt"):
+            if (path / name).is_file():
+                return load_tokenizer(path / name)
+        raise TokenizerError(f"{path} has neither tokenizer.json nor vocab.txt")
+    if not path.is_file():
+        raise TokenizerError(f"tokenizer not found: {path}")
+    if path.suffix == ".json":
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise TokenizerError(f"{path} is not a valid tokenizer.json: {e}") from None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    vocab = {tok: i for i, tok in enumerate(line.rstrip("\n") for line in lines)}
+    lowercase, strip_accents = True, None
+    cfg_path = path.parent / "tokenizer_config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        lowercase = cfg.get("do_lower_case", True)
+        strip_accents = cfg.get("strip_accents")
+    return _build(vocab, lowercase, strip_accents)
+
+
+def fingerprint(tok: Tokenizer) -> str:
+    """sha256 of everything that decides token ids: vocabulary, normalisation, pre-tokenisation, model, template.
+
+    Truncation and padding settings are runtime choices and excluded, so they do not change the fingerprint.
+    """
+    spec = json.loads(tok.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def is_lowercase(tok: Tokenizer) -> bool:
+    spec = json.loads(tok.to_str()).get("normalizer") or {}
+    return bool(spec.get("lowercase", False))
+
+
+def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike, max_length: int = 512) -> str:
+    """Write ``tokenizer.json``, ``vocab.txt`` and a ``tokenizer_config.json`` that transformers understands.
+
+    Returns the fingerprint, which is also recorded in ``tokenizer_config.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_str(tok.to_str())  # a copy, so clearing padding/truncation does not touch the caller's
+    tok.no_padding()
+    tok.no_truncation()
+    tok.save(str(directory / "tokenizer.json"))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    (directory / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    fp = fingerprint(tok)
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": is_lowercase(tok), "model_max_length": max_length,
+              "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+              "mask_token": "[MASK]", "tokenize_chinese_chars": True, "bertrt_fingerprint": fp}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return fp

@@ -1,0 +1,1 @@
+"""The training loop, pretraining and fine-tuning objectives, PEFT and metrics."""

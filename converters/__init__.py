@@ -1,0 +1,1 @@
+"""Converters: prune, export to ONNX, optimize, quantize, and the parity gates every variant must pass."""
