@@ -19,3 +19,11 @@ class OutputExistsError(BertrtError):
 
 class ArtifactError(BertrtError):
     """An artifact is missing a file, fails its sha256 check, or has a manifest this version cannot read."""
+
+
+class DataError(BertrtError):
+    """A task data file (classify, NER, QA, verbalizer) is missing, empty, malformed, or has labels the model lacks."""
+
+
+class PeftError(BertrtError):
+    """A parameter-efficient fine-tuning run or saved adapter cannot be applied, reloaded or merged as asked."""

@@ -1,0 +1,347 @@
+"""Task datasets for fine-tuning and evaluation: read, validate, encode.
+
+Formats:
+- ``classify``: JSONL with ``text``, optional ``text_pair`` and ``label``; or CSV/TSV with a header of those names.
+- ``ner``: CoNLL (token first, tag last, the same number of fields on every line, a blank line between sentences,
+  ``-DOCSTART-`` lines skipped) or JSONL ``{"tokens": [...], "tags": [...]}``; BIO / IOB2 tags.
+- ``qa``: SQuAD v1.1 JSON; every answer must occur in its context at ``answer_start``.
+
+Every reader validates the whole file before returning, so a caller can read all its data before it writes anything;
+a bad input raises ``DataError`` naming the file, the line (or question id) and the fix. Encoding turns examples into
+features (plain lists) and ``collate`` pads a list of features into tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+TASK_FORMATS = {"classify": "JSONL, CSV or TSV", "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON"}
+IGNORE_INDEX = -100  # label of positions that carry no loss (special tokens, later sub-tokens, padding)
+
+
+@dataclass
+class ClassifyExample:
+    text: str
+    text_pair: str | None = None
+    label: str | None = None
+
+
+@dataclass
+class NerExample:
+    tokens: list[str]
+    tags: list[str] | None = None
+
+
+@dataclass
+class QaExample:
+    id: str
+    question: str
+    context: str
+    answers: list[tuple[str, int]] = field(default_factory=list)  # (text, character start in context)
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def read_task(path, task: str, require_labels: bool = True) -> list:
+    """Read and validate a whole task file; ``require_labels=False`` accepts unlabelled classify/NER data."""
+    path = Path(path)
+    if task not in TASK_FORMATS:
+        raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASK_FORMATS)}")
+    if not path.is_file():
+        raise DataError(f"{task} data file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path} is empty; a {task} file needs at least one example ({TASK_FORMATS[task]})")
+    reader = {"classify": _read_classify, "ner": _read_ner, "qa": _read_squad}[task]
+    examples = reader(path, text, require_labels)
+    if not examples:
+        raise DataError(f"{path} holds no {task} examples; expected {TASK_FORMATS[task]}")
+    return examples
+
+
+def _json_lines(path: Path, text: str):
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); JSONL wants one object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield n, row
+
+
+def _read_classify(path: Path, text: str, require_labels: bool) -> list[ClassifyExample]:
+    required = ("text", "label") if require_labels else ("text",)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL  # TSV text often holds bare quotes
+        rows = csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=quoting)
+        header = rows.fieldnames or []
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: the header has no {' or '.join(repr(c) for c in missing)} column "
+                            f"(found {header}); classify data needs columns text, label and optionally text_pair")
+        numbered = ((n, row) for n, row in enumerate(rows, 2))
+    else:
+        numbered = _json_lines(path, text)
+    out = []
+    for n, row in numbered:
+        missing = [c for c in required if row.get(c) in (None, "")]
+        if missing:
+            raise DataError(f"{path}:{n}: missing {', '.join(missing)}; every classify example needs text and label "
+                            "(text_pair is optional)")
+        if None in row:  # csv: more fields than the header names
+            raise DataError(f"{path}:{n}: more fields than the header has columns (quote text containing the "
+                            "delimiter)")
+        pair = row.get("text_pair")
+        label = row.get("label")
+        out.append(ClassifyExample(str(row["text"]), str(pair) if pair not in (None, "") else None,
+                                   str(label) if label not in (None, "") else None))
+    pairs = {e.text_pair is not None for e in out}
+    if len(pairs) > 1:
+        raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
+                        "(sentence-pair task) or none")
+    return out
+
+
+def _check_tags(path: Path, where, tags: list[str]) -> None:
+    for t in tags:
+        if t != "O" and not (len(t) > 2 and t[:2] in ("B-", "I-")):
+            raise DataError(f"{path}:{where}: tag {t!r} is not BIO/IOB2; tags are O, B-TYPE or I-TYPE")
+
+
+def _read_ner(path: Path, text: str, require_labels: bool) -> list[NerExample]:
+    if path.suffix.lower() in (".jsonl", ".json"):
+        out = []
+        for n, row in _json_lines(path, text):
+            tokens, tags = row.get("tokens"), row.get("tags")
+            if not isinstance(tokens, list) or (require_labels and not isinstance(tags, list)):
+                raise DataError(f"{path}:{n}: NER JSONL needs a 'tokens' list and a 'tags' list")
+            if tags is not None and len(tags) != len(tokens):
+                raise DataError(f"{path}:{n}: {len(tokens)} tokens but {len(tags)} tags; they must pair one to one")
+            if not tokens:
+                raise DataError(f"{path}:{n}: empty 'tokens' list")
+            if tags is not None:
+                _check_tags(path, n, [str(t) for t in tags])
+            out.append(NerExample([str(t) for t in tokens], [str(t) for t in tags] if tags is not None else None))
+        return out
+    out, tokens, tags, width = [], [], [], None
+    for n, line in enumerate(text.splitlines() + [""], 1):
+        fields = line.split()
+        if not fields:
+            if tokens:
+                out.append(NerExample(tokens, tags))
+            tokens, tags = [], []
+            continue
+        if fields[0] == "-DOCSTART-":
+            continue
+        if width is None:
+            width = len(fields)
+            if width < 2 and require_labels:
+                raise DataError(f"{path}:{n}: CoNLL lines need a token and a tag separated by whitespace, got "
+                                f"{line!r}")
+        if len(fields) != width:
+            raise DataError(f"{path}:{n}: {len(fields)} fields but the file's first line has {width}; every CoNLL "
+                            f"line is 'token ... tag' with the same number of fields (got {line!r})")
+        tokens.append(fields[0])
+        if width >= 2:
+            _check_tags(path, n, fields[-1:])
+            tags.append(fields[-1])
+    if width is not None and width < 2:  # unlabelled: one token per line
+        out = [NerExample(e.tokens, None) for e in out]
+    return out
+
+
+def _read_squad(path: Path, text: str, require_labels: bool) -> list[QaExample]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); expected SQuAD v1.1") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError(f"{path}: expected SQuAD v1.1 JSON, an object with a 'data' list of articles")
+    out = []
+    for a, article in enumerate(doc["data"]):
+        for p, para in enumerate(article.get("paragraphs", []) if isinstance(article, dict) else []):
+            context = para.get("context")
+            if not isinstance(context, str) or not isinstance(para.get("qas"), list):
+                raise DataError(f"{path}: data[{a}].paragraphs[{p}] needs a 'context' string and a 'qas' list")
+            for q in para["qas"]:
+                qid, question = q.get("id"), q.get("question")
+                if qid is None or not isinstance(question, str):
+                    raise DataError(f"{path}: a question in data[{a}].paragraphs[{p}] lacks 'id' or 'question'")
+                if q.get("is_impossible"):
+                    raise DataError(f"{path}: question {qid} is unanswerable (SQuAD v2); bertrt reads SQuAD v1.1, "
+                                    "where every question has an answer - drop the unanswerable ones")
+                answers = []
+                for ans in q.get("answers", []):
+                    answers.append(_check_answer(path, qid, context, ans))
+                if require_labels and not answers:
+                    raise DataError(f"{path}: question {qid} has no answers; SQuAD v1.1 training and evaluation "
+                                    "data give at least one")
+                out.append(QaExample(str(qid), question, context, answers))
+    ids = [e.id for e in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{path}: question id {dup!r} occurs more than once; ids must be unique")
+    return out
+
+
+def _check_answer(path: Path, qid, context: str, ans) -> tuple[str, int]:
+    if not isinstance(ans, dict) or not isinstance(ans.get("text"), str) or not isinstance(ans.get("answer_start"),
+                                                                                          int):
+        raise DataError(f"{path}: question {qid}: each answer needs 'text' (string) and 'answer_start' (int)")
+    t, s = ans["text"], ans["answer_start"]
+    if not t.strip():
+        raise DataError(f"{path}: question {qid}: an answer is empty")
+    if context[s:s + len(t)] != t:
+        found = context.find(t)
+        if found < 0:
+            raise DataError(f"{path}: question {qid}: the answer {t!r} does not occur in the context; every answer "
+                            "must be a span of its context")
+        raise DataError(f"{path}: question {qid}: answer_start {s} does not point at the answer {t!r} (it occurs "
+                        f"at {found}); answer_start is a character offset into the context")
+    return t, s
+
+
+# ------------------------------------------------------------------------------------------------------ labels
+def infer_labels(task: str, examples: list) -> list[str]:
+    """Label names from training data: sorted class names (classify) or O then B-/I- of every type (ner)."""
+    if task == "classify":
+        labels = sorted({e.label for e in examples if e.label is not None})
+        if len(labels) < 2:
+            raise DataError(f"the training data has {len(labels)} label(s) {labels}; classification needs at least 2")
+        return labels
+    if task == "ner":
+        types = sorted({t[2:] for e in examples for t in (e.tags or []) if t != "O"})
+        if not types:
+            raise DataError("the training data has no entity tags (only 'O'); NER needs at least one B-TYPE tag")
+        return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+    return []
+
+
+def check_labels(task: str, examples: list, labels: list[str], source) -> None:
+    """Every label in ``examples`` must be one the model knows (e.g. eval labels must occur in training)."""
+    if task not in ("classify", "ner"):
+        return
+    seen = {e.label for e in examples} if task == "classify" else {t for e in examples for t in (e.tags or [])}
+    unknown = sorted(seen - set(labels) - {None})
+    if unknown:
+        raise DataError(f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training data "
+                        f"(known: {', '.join(labels)}); add examples of them to the training set or remove them")
+
+
+# ----------------------------------------------------------------------------------------------------- encoding
+def prepare_tokenizer(tok, max_length: int):
+    """A copy of ``tok`` that truncates to ``max_length`` and does not pad (``collate`` pads per batch)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tok.to_str())
+    tok.no_padding()
+    tok.enable_truncation(max_length, strategy="longest_first")
+    return tok
+
+
+def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max_length: int) -> list[dict]:
+    tok = prepare_tokenizer(tok, max_length)
+    index = {l: i for i, l in enumerate(labels)}
+    if examples and examples[0].text_pair is not None:
+        encs = tok.encode_batch([(e.text, e.text_pair) for e in examples])
+    else:
+        encs = tok.encode_batch([e.text for e in examples])
+    return [{"input_ids": enc.ids, "token_type_ids": enc.type_ids,
+             "labels": index[e.label] if e.label is not None else IGNORE_INDEX}
+            for e, enc in zip(examples, encs)]
+
+
+def encode_ner(examples: list[NerExample], tok, labels: list[str], max_length: int) -> list[dict]:
+    """One feature per sentence; the label sits on each word's first sub-token, later sub-tokens are ignored.
+
+    Words past ``max_length`` tokens are cut off (and predicted as 'O' at evaluation); ``word_ids`` maps tokens back.
+    """
+    tok = prepare_tokenizer(tok, max_length)
+    index = {l: i for i, l in enumerate(labels)}
+    encs = tok.encode_batch([e.tokens for e in examples], is_pretokenized=True)
+    out = []
+    for e, enc in zip(examples, encs):
+        word_ids, previous, target = enc.word_ids, None, []
+        for w in word_ids:
+            first = w is not None and w != previous
+            target.append(index[e.tags[w]] if first and e.tags is not None else IGNORE_INDEX)
+            previous = w
+        out.append({"input_ids": enc.ids, "token_type_ids": enc.type_ids, "labels": target, "word_ids": word_ids})
+    return out
+
+
+def encode_qa(examples: list[QaExample], tok, max_length: int, doc_stride: int = 128,
+              max_query_length: int = 64) -> list[dict]:
+    """``[CLS] question [SEP] context window [SEP]`` features; long contexts become overlapping windows.
+
+    ``doc_stride`` is the overlap, in tokens, between consecutive windows (Hugging Face's meaning). The answer's
+    start/end token positions point at [CLS] (0) in a window that does not hold the whole answer. ``offsets`` give
+    each context token's character span in the context (None elsewhere), to map predictions back to text.
+    """
+    tok = prepare_tokenizer(tok, 10 ** 6)
+    tok.no_truncation()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls is None or sep is None:
+        raise DataError("the tokenizer has no [CLS] or [SEP] token; QA needs a BERT WordPiece vocabulary")
+    questions = tok.encode_batch([e.question for e in examples], add_special_tokens=False)
+    contexts = tok.encode_batch([e.context for e in examples], add_special_tokens=False)
+    out = []
+    for i, (e, q, c) in enumerate(zip(examples, questions, contexts)):
+        q_ids = q.ids[:max_query_length]
+        room = max_length - len(q_ids) - 3
+        if room <= doc_stride:
+            raise DataError(f"--max-length {max_length} leaves {room} context tokens per window after the question "
+                            f"({len(q_ids)} tokens); it must exceed --doc-stride {doc_stride}: raise --max-length or "
+                            "lower --doc-stride")
+        ans = e.answers[0] if e.answers else None
+        start = 0
+        while True:
+            end = min(start + room, len(c.ids))
+            ids = [cls] + q_ids + [sep] + c.ids[start:end] + [sep]
+            first = len(q_ids) + 2  # position of the window's first context token
+            offsets = [None] * first + [tuple(o) for o in c.offsets[start:end]] + [None]
+            s_pos = e_pos = 0
+            if ans is not None:
+                a_start, a_end = ans[1], ans[1] + len(ans[0])
+                toks = range(start, end)
+                inside = [j for j in toks if c.offsets[j][1] > a_start and c.offsets[j][0] < a_end]
+                if inside and c.offsets[start][0] <= a_start and (end == len(c.ids) or c.offsets[end][0] >= a_end):
+                    s_pos, e_pos = first + inside[0] - start, first + inside[-1] - start
+            out.append({"input_ids": ids, "token_type_ids": [0] * first + [1] * (end - start + 1),
+                        "start_positions": s_pos, "end_positions": e_pos, "example_index": i, "offsets": offsets})
+            if end >= len(c.ids):
+                break
+            start += room - doc_stride
+    return out
+
+
+TENSOR_KEYS = ("input_ids", "token_type_ids", "labels", "start_positions", "end_positions")
+
+
+def collate(features: list[dict], pad_id: int = 0) -> dict:
+    """Pad features to the longest in the batch; adds ``attention_mask``. Non-tensor keys are left out."""
+    import torch
+
+    T = max(len(f["input_ids"]) for f in features)
+    batch = {"attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (T - len(f["input_ids"]))
+                                             for f in features])}
+    for key in TENSOR_KEYS:
+        if key not in features[0]:
+            continue
+        values = [f[key] for f in features]
+        if isinstance(values[0], list):
+            pad = pad_id if key == "input_ids" else (IGNORE_INDEX if key == "labels" else 0)
+            values = [v + [pad] * (T - len(v)) for v in values]
+        batch[key] = torch.tensor(values)
+    return batch

@@ -1,0 +1,135 @@
+"""Task metrics, pure Python (no torch): classification, entity-level NER, SQuAD v1.1 exact match and F1.
+
+Scores are fractions in [0, 1] except SQuAD's EM/F1, which the official script reports in percent and so do we.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f}
+
+
+def _averages(per_class: dict, tp: int, fp: int, fn: int) -> dict:
+    n = len(per_class) or 1
+    macro = {k: sum(c[k] for c in per_class.values()) / n for k in ("precision", "recall", "f1")}
+    return {"macro": macro, "micro": _prf(tp, fp, fn)}
+
+
+# ----------------------------------------------------------------------------------------------- classification
+def classification_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, macro and micro averages, confusion matrix (rows: true)."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} gold labels but {len(y_pred)} predictions")
+    L = len(labels)
+    confusion = [[0] * L for _ in range(L)]
+    for t, p in zip(y_true, y_pred):
+        confusion[t][p] += 1
+    per_class, TP, FP, FN = {}, 0, 0, 0
+    for i, name in enumerate(labels):
+        tp = confusion[i][i]
+        fp = sum(confusion[j][i] for j in range(L)) - tp
+        fn = sum(confusion[i]) - tp
+        per_class[name] = {**_prf(tp, fp, fn), "support": sum(confusion[i])}
+        TP, FP, FN = TP + tp, FP + fp, FN + fn
+    correct = sum(t == p for t, p in zip(y_true, y_pred))
+    return {"task": "classify", "accuracy": correct / len(y_true) if y_true else 0.0, "count": len(y_true),
+            "labels": list(labels), "per_class": per_class, **_averages(per_class, TP, FP, FN),
+            "confusion_matrix": confusion}
+
+
+# --------------------------------------------------------------------------------------------------------- NER
+def entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """Entity spans ``(type, first, last)`` (inclusive word indices) from BIO / IOB2 tags.
+
+    As conlleval reads them: ``B-X`` starts an entity; ``I-X`` continues an entity of type X and otherwise (after
+    ``O`` or another type) starts one.
+    """
+    spans, kind, start = set(), None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, t = tag.partition("-")
+        continues = prefix == "I" and t == kind
+        if kind is not None and not continues:
+            spans.add((kind, start, i - 1))
+            kind = None
+        if prefix in ("B", "I") and not continues:
+            kind, start = t, i
+    return spans
+
+
+def ner_report(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """Entity-level precision/recall/F1: a predicted entity counts only with exactly the gold span and type."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
+    counts = collections.defaultdict(lambda: [0, 0, 0])  # type -> tp, fp, fn
+    for g, p in zip(gold, pred):
+        if len(g) != len(p):
+            raise ValueError(f"a sentence has {len(g)} gold tags but {len(p)} predicted")
+        G, P = entities(g), entities(p)
+        for e in G & P:
+            counts[e[0]][0] += 1
+        for e in P - G:
+            counts[e[0]][1] += 1
+        for e in G - P:
+            counts[e[0]][2] += 1
+    per_type = {}
+    for t in sorted(counts):
+        tp, fp, fn = counts[t]
+        per_type[t] = {**_prf(tp, fp, fn), "support": tp + fn}
+    TP, FP, FN = (sum(c[i] for c in counts.values()) for i in range(3))
+    words = sum(len(g) for g in gold)
+    correct = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
+    return {"task": "ner", "count": len(gold), "per_type": per_type, **_averages(per_type, TP, FP, FN),
+            "f1": _prf(TP, FP, FN)["f1"], "token_accuracy": correct / words if words else 0.0}
+
+
+# -------------------------------------------------------------------------------------------------------- SQuAD
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD v1.1's normalisation: lowercase, drop punctuation, drop articles a/an/the, squeeze whitespace."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = sum((collections.Counter(p) & collections.Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_report(predictions: dict[str, str], answers: dict[str, list[str]]) -> dict:
+    """EM and F1 in percent, each the max over a question's gold answers, averaged over questions."""
+    missing = [q for q in answers if q not in predictions]
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} question(s), e.g. {missing[0]!r}")
+    em = [max(exact_match(predictions[q], a) for a in golds) for q, golds in answers.items()]
+    f1 = [max(token_f1(predictions[q], a) for a in golds) for q, golds in answers.items()]
+    n = len(answers) or 1
+    return {"task": "qa", "count": len(answers), "exact_match": 100 * sum(em) / n, "f1": 100 * sum(f1) / n}
+
+
+def main_metric(report: dict) -> tuple[str, float]:
+    """The number early stopping and best-checkpoint selection maximise, per task."""
+    task = report["task"]
+    if task == "classify":
+        return "accuracy", report["accuracy"]
+    if task == "ner":
+        return "f1", report["f1"]
+    return "f1", report["f1"]
