@@ -133,6 +133,63 @@ def _format_artifact(path: Path, m: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------- prune
+@app.command("prune")
+def prune_command(
+    checkpoint: Path = typer.Argument(..., help="A fine-tuned checkpoint (task classify, ner or qa) to prune."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the pruned checkpoint (written atomically); "
+                                "it exports, quantizes and serves like any other."),
+    data: Path = typer.Option(..., "--data", help="Labelled examples of the checkpoint's own task (classify "
+                              "JSONL/CSV/TSV, ner CoNLL/JSONL, qa SQuAD v1.1) used to rank heads and neurons. A few "
+                              "hundred to a few thousand are enough; the training set is fine."),
+    keep_flops: float = typer.Option(..., "--keep-flops", help="Fraction of the encoder's FLOPs per token to keep, "
+                                     "in (0, 1]. 0.6 is a good start; lower is faster and loses more accuracy."),
+    max_length: int = typer.Option(128, help="Truncate examples to this many tokens; FLOPs are also counted at this "
+                                   "length. Set it to the length you will serve at."),
+    max_examples: int = typer.Option(2048, help="Use at most this many examples (a seeded random subset). More "
+                                     "gives steadier importance at a linear cost in time."),
+    min_examples: int = typer.Option(64, help="Refuse to prune with fewer examples than this. Lower it only for a "
+                                     "smoke test: importance from a handful of examples is noise."),
+    batch_size: int = typer.Option(16, help="Examples per forward/backward pass; lower it if memory runs out."),
+    rescale: bool = typer.Option(True, "--rescale/--no-rescale", help="Least-squares rescaling of the kept heads "
+                                 "and neurons, layer by layer, to restore each layer's output. Keep it on unless "
+                                 "you want the plain mask-search result (e.g. to measure what rescaling adds)."),
+    force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
+):
+    """Remove whole attention heads and FFN neurons (Fisher importance + FLOPs-budget mask search), without
+    retraining; the smaller matrices make ONNX Runtime faster."""
+    from .atomic import check_writable
+    from .converters.prune import PruneConfig, format_summary, save_pruned
+    from .converters.prune import prune as run_prune
+
+    config = PruneConfig(keep_flops=keep_flops, seq_len=max_length, rescale=rescale, min_examples=min_examples)
+    check_writable(output, force)  # fail before the slow part
+    from .checkpoint import load_checkpoint
+    from .converters.prune_data import load_prune_data
+    from .tokenizer import load_tokenizer
+
+    model = load_checkpoint(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
+    batches = load_prune_data(data, model.config, tokenizer, max_length, batch_size, max_examples)
+    pruned = run_prune(model, batches, config)
+    save_pruned(pruned, output, tokenizer, force)
+    typer.echo(format_summary(pruned.pruning))
+    typer.echo(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("demo-out"), "-o", "--output", help="Folder for every output of the run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Tiny sizes: every stage runs in seconds (used by CI)."),
+):
+    """Run the whole pipeline on the packaged BBC News corpus and print what each stage produced."""
+    from .demo import run_demo
+
+    summary = run_demo(output, dry_run=dry_run)
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def main():
     """Console entry point: run the app, turning bertrt's errors into one line on stderr."""
     try:

@@ -27,3 +27,7 @@ class DataError(BertrtError):
 
 class PeftError(BertrtError):
     """A parameter-efficient fine-tuning run or saved adapter cannot be applied, reloaded or merged as asked."""
+
+
+class PruneError(BertrtError):
+    """Pruning cannot run as asked: a budget outside (0, 1], data of another task, or too few examples."""
