@@ -31,3 +31,19 @@ class PeftError(BertrtError):
 
 class PruneError(BertrtError):
     """Pruning cannot run as asked: a budget outside (0, 1], data of another task, or too few examples."""
+
+
+class DeviceError(BertrtError):
+    """The requested device (e.g. CUDA) is not really active in ONNX Runtime: never a silent fallback to the CPU."""
+
+
+class InputError(BertrtError):
+    """An input to ``predict`` or the server has the wrong shape for the artifact's task (e.g. qa without context)."""
+
+
+class QueueFullError(BertrtError):
+    """The batcher's bounded queue is full: the caller should retry later (the server answers 503)."""
+
+
+class ShutdownError(BertrtError):
+    """The batcher is closed and accepts no new work."""

@@ -8,11 +8,14 @@ segment ids 0/1.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
+from collections import Counter, defaultdict
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tqdm.auto import tqdm
 
 from .errors import TokenizerError
 
@@ -39,26 +42,94 @@ def _build(vocab: dict[str, int], lowercase: bool, strip_accents: bool | None = 
 
 def train_tokenizer(files: list[str | os.PathLike], vocab_size: int = 30522, lowercase: bool = True,
                     min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
-    """Train a BERT WordPiece tokenizer on text files (UTF-8)."""
-    files = [str(f) for f in files]
+    """Train a BERT WordPiece tokenizer on UTF-8 text files; the same files always give the same vocabulary.
+
+    Words are counted with the tokenizer's own normaliser and pre-tokeniser, then pieces are merged greedily by
+    frequency, as the ``tokenizers`` WordPiece trainer does, but with ties broken by the pieces' text. (That
+    trainer breaks ties in hash order, so identical runs give different vocabularies, which would change every id
+    and fingerprint downstream.)
+    """
+    files = [Path(f) for f in files]
     for f in files:
-        if not Path(f).is_file():
+        if not f.is_file():
             raise TokenizerError(f"training file not found: {f}")
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise TokenizerError(f"--vocab-size {vocab_size} is too small; it must leave room beyond the special tokens")
-    tok = _build({t: i for i, t in enumerate(SPECIAL_TOKENS)}, lowercase)
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##",
-                                        show_progress=show_progress)
-    tok.train(files, trainer)
-    vocab = tok.get_vocab()
-    if len(vocab) <= len(SPECIAL_TOKENS):
-        raise TokenizerError(f"the training files ({', '.join(files)}) contain no text to learn a vocabulary from")
-    return _build(vocab, lowercase)  # rebuild so the post-processor has the final ids
+    probe = _build({t: i for i, t in enumerate(SPECIAL_TOKENS)}, lowercase)
+    counts: Counter[str] = Counter()
+    for f in tqdm(files, desc="counting words", unit="file", disable=not show_progress or len(files) < 20):
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                text = probe.normalizer.normalize_str(line)
+                counts.update(w for w, _ in probe.pre_tokenizer.pre_tokenize_str(text))
+    if not counts:
+        raise TokenizerError(f"the training files ({', '.join(map(str, files))}) contain no text")
+    pieces = learn_wordpieces(counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, show_progress)
+    return _build({t: i for i, t in enumerate(SPECIAL_TOKENS + pieces)}, lowercase)
+
+
+def learn_wordpieces(counts: Counter[str], size: int, min_frequency: int, show_progress: bool = False) -> list[str]:
+    """Greedy pair merging over word counts; returns the alphabet, then merged pieces in the order learned."""
+    words = [[w[0]] + ["##" + c for c in w[1:]] for w in counts]
+    freqs = list(counts.values())
+    alphabet = sorted({p for w in words for p in w}, key=lambda p: (p.startswith("##"), p))
+    vocab, known = list(alphabet), set(alphabet)
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            pair_counts[pair] += freqs[i]
+            where[pair].add(i)
+    heap = [(-c, pair) for pair, c in pair_counts.items()]
+    heapq.heapify(heap)
+    bar = tqdm(total=max(size - len(vocab), 0), desc="learning pieces", disable=not show_progress)
+    while len(vocab) < size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -neg:
+            continue  # stale heap entry: the count changed since it was pushed
+        if -neg < min_frequency:
+            break
+        a, b = pair
+        merged = a + b[2:]
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+            bar.update(1)
+        changed: set[tuple[str, str]] = set()
+        for i in where.pop(pair, ()):
+            w, f = words[i], freqs[i]
+            for p in zip(w, w[1:]):
+                pair_counts[p] -= f
+                changed.add(p)
+            j, out = 0, []
+            while j < len(w):
+                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(w[j])
+                    j += 1
+            words[i] = out
+            for p in zip(out, out[1:]):
+                pair_counts[p] += f
+                where[p].add(i)
+                changed.add(p)
+        pair_counts.pop(pair, None)
+        for p in changed:
+            c = pair_counts.get(p, 0)
+            if c > 0:
+                heapq.heappush(heap, (-c, p))
+            else:
+                pair_counts.pop(p, None)
+    bar.close()
+    return vocab
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load ``tokenizer.json`` or ``vocab.txt`` from a file or a directory (a checkpoint, artifact or HF folder)."""
+    """Load ``tokenizer.json`` or ``vocab.txt`` from a file or a directory (a checkpoint, artifact or HF folder).
+
+    The result neither pads nor truncates, whatever the file says.
+    """
     path = Path(path)
     if path.is_dir():
         for name in ("tokenizer.json", "vocab.txt"):
@@ -69,9 +140,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise TokenizerError(f"tokenizer not found: {path}")
     if path.suffix == ".json":
         try:
-            return Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_file(str(path))
         except Exception as e:
             raise TokenizerError(f"{path} is not a valid tokenizer.json: {e}") from None
+        tok.no_padding()  # padding and truncation are chosen by whoever encodes, not inherited from the file
+        tok.no_truncation()
+        return tok
     lines = path.read_text(encoding="utf-8").splitlines()
     vocab = {tok: i for i, tok in enumerate(line.rstrip("\n") for line in lines)}
     lowercase, strip_accents = True, None
