@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -188,6 +190,105 @@ def demo(
 
     summary = run_demo(output, dry_run=dry_run)
     typer.echo(json.dumps(summary, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------- runtime
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command()
+def predict(
+    artifact: Path = typer.Argument(..., help="An artifact directory (model.onnx, tokenizer.json, bertrt.json)."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to predict (classify / ner / embed). Omit them "
+                                                "to read JSONL from --input or stdin."),
+    input: Optional[Path] = typer.Option(None, "-i", "--input", help="JSONL file, one input per line: "
+                                         '{"text"} (+ "text_pair" for pairs) or {"question", "context"} for qa. '
+                                         "Default: stdin when no TEXT is given."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write JSONL results here instead of stdout."),
+    device: Device = typer.Option(Device.auto, help="auto picks CUDA when onnxruntime-gpu can use it. Ask for "
+                                  "cuda explicitly to fail loudly when the GPU is not really in use."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: every core this process may "
+                                          "use). Lower it when other busy processes share the machine."),
+    batch_size: int = typer.Option(64, help="Most inputs per batch. Inputs are grouped by length; raise it on a "
+                                   "GPU with short texts, lower it to reduce memory."),
+    max_batch_tokens: int = typer.Option(16384, help="Most tokens per batch, padding included (rows x padded "
+                                         "length). Lower it if memory is tight with long texts."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
+):
+    """Predict with an artifact: one JSON object per input, in input order (labels, entities, answers, vectors)."""
+    from tqdm import tqdm
+
+    from .errors import InputError, OutputExistsError
+    from .runtime import Runtime
+    from .runtime.jsonl import predict_stream, read_inputs
+
+    if texts and input is not None:
+        raise InputError("give either TEXT arguments or --input, not both")
+    if output is not None and output.exists() and not force:
+        raise OutputExistsError(f"{output} exists; pass --force to overwrite it")
+    if input is not None and not input.is_file():
+        raise InputError(f"input file not found: {input}")
+    rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
+                 max_batch_size=batch_size)
+    if texts and rt.task == "qa":
+        raise InputError('a qa artifact needs {"question", "context"} objects: give them as JSONL with --input')
+    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
+    try:
+        if texts:
+            predict_stream(rt, iter(texts), out, chunk_size=1024)
+        elif input is not None:
+            with open(input, encoding="utf-8") as f:
+                total = sum(1 for line in f if line.strip())
+            with open(input, encoding="utf-8") as f, tqdm(total=total, unit="input", desc="predict",
+                                                            file=sys.stderr) as bar:
+                predict_stream(rt, read_inputs(f, str(input)), out, chunk_size=1024, progress=bar)
+        else:
+            predict_stream(rt, read_inputs(sys.stdin, "stdin"), out, chunk_size=1024)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+@app.command()
+def serve(
+    artifact: Path = typer.Argument(..., help="An artifact directory to serve."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on. Use 0.0.0.0 only behind a firewall or "
+                             "with --api-key-file."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, help="Server processes, each with its own model copy and threads // workers "
+                                "ONNX Runtime threads. Raise it when tokenization or JSON, not inference, is the "
+                                "bottleneck."),
+    api_key_file: Optional[Path] = typer.Option(None, help="File holding an API key; clients then send "
+                                                "'Authorization: Bearer <key>'. Without it the API is open."),
+    device: Device = typer.Option(Device.auto, help="auto picks CUDA when available; cuda fails at startup when "
+                                  "the GPU is not really in use."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads per worker (default: cores / workers)."),
+    max_batch_tokens: int = typer.Option(8192, help="Token budget of a batch, padding included. Higher raises "
+                                         "throughput and latency; lower it when memory is tight."),
+    max_batch_size: int = typer.Option(64, help="Most inputs in one batch."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits to fill. Raise it for throughput under "
+                                      "heavy load, lower it for latency at light load."),
+    max_queue: int = typer.Option(1024, help="Inputs allowed to wait; beyond it requests get 503 instead of "
+                                  "ever-growing latency. Size it to what you can serve within your timeout."),
+    max_items: int = typer.Option(64, help="Most inputs in one request (more: 413)."),
+    max_chars: int = typer.Option(100_000, help="Most characters in one text field (more: 413). Texts are "
+                                  "truncated to the artifact's max length anyway; this bounds tokenization work."),
+    max_body_bytes: int = typer.Option(4_000_000, help="Largest request body in bytes (more: 413)."),
+):
+    """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
+    from .runtime.server import ServeConfig, read_api_key
+    from .runtime.server import serve as run_server
+
+    if api_key_file is not None:
+        read_api_key(str(api_key_file))  # fail now, with one line, if the file is missing or empty
+    config = ServeConfig(artifact=str(artifact), device=device.value, threads=threads,
+                         api_key_file=str(api_key_file) if api_key_file else None, max_items=max_items,
+                         max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
+                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    run_server(config, host=host, port=port, workers=workers)
 
 
 def main():

@@ -1,1 +1,9 @@
-"""Torch-free inference: ONNX Runtime session, tokenization, batching, postprocessing, HTTP server."""
+"""Torch-free inference: ONNX Runtime session, tokenization, batching, postprocessing, HTTP server.
+
+Imports only numpy, tokenizers and onnxruntime (the server adds its ASGI stack, imported by ``bertrt.runtime.server``
+alone).
+"""
+
+from .runtime import Runtime
+
+__all__ = ["Runtime"]
