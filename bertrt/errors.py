@@ -47,3 +47,7 @@ class QueueFullError(BertrtError):
 
 class ShutdownError(BertrtError):
     """The batcher is closed and accepts no new work."""
+
+
+class CorpusError(BertrtError):
+    """A pretraining corpus is missing, unreadable, malformed JSONL, or too small for the examples asked for."""
