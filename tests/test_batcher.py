@@ -1,0 +1,191 @@
+"""Batcher logic against a fake model: token budget with padding, waiting, order under concurrency, a full queue,
+cancellation, shutdown. A gate holds the worker inside a first batch so that the queue's contents are known."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bertrt.errors import QueueFullError, ShutdownError
+from bertrt.runtime.batcher import Batcher
+
+
+class Fake:
+    """run_batch that records batches, answers f(item), and can hold the worker on an item named 'gate'."""
+
+    def __init__(self, delay=0.0):
+        self.batches, self.delay = [], delay
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, items):
+        self.batches.append(list(items))
+        if "gate" in items:
+            self.entered.set()
+            assert self.release.wait(10)
+        if "boom" in items:
+            raise RuntimeError("model failed")
+        time.sleep(self.delay)
+        return [("done", item) for item in items]
+
+
+def gated(fake, **kw):
+    b = Batcher(fake, **kw)
+    gate = b.submit("gate", 1)
+    assert fake.entered.wait(5)
+    return b, gate
+
+
+def test_budget_counts_padding():
+    fake = Fake()
+    b, gate = gated(fake, max_batch_tokens=100, max_batch_size=8, max_wait_ms=1000)
+    sizes = {"a": 10, "b": 10, "c": 10, "d": 10, "e": 10, "long": 60, "f": 5}
+    futures = {k: b.submit(k, n) for k, n in sizes.items()}
+    fake.release.set()
+    assert [f.result(5) for f in futures.values()] == [("done", k) for k in sizes]
+    # 5 x 10 = 50 fits; adding the 60-token item would cost 6 x 60 = 360 > 100; then 60 + 5 -> 2 x 60 > 100
+    assert fake.batches[1:] == [["a", "b", "c", "d", "e"], ["long"], ["f"]]
+    b.close()
+
+
+def test_padded_length_function_is_used():
+    fake = Fake()
+    b, gate = gated(fake, max_batch_tokens=64, max_batch_size=8, max_wait_ms=1000,
+                    padded_length=lambda n: -(-n // 16) * 16)
+    futures = [b.submit(k, 3) for k in "abcde"]  # 3 tokens pad to 16: four rows make the 64 budget
+    fake.release.set()
+    [f.result(5) for f in futures]
+    assert fake.batches[1:] == [["a", "b", "c", "d"], ["e"]]
+    b.close()
+
+
+def test_waits_for_max_wait_then_runs_a_partial_batch():
+    fake = Fake()
+    b = Batcher(fake, max_batch_tokens=10_000, max_wait_ms=150)
+    t = time.perf_counter()
+    assert b.submit("x", 4).result(5) == ("done", "x")
+    waited = time.perf_counter() - t
+    assert 0.14 <= waited < 2.0
+    b.close()
+
+
+def test_full_batch_does_not_wait():
+    fake = Fake()
+    b = Batcher(fake, max_batch_tokens=10_000, max_batch_size=2, max_wait_ms=5000)
+    t = time.perf_counter()
+    futures = [b.submit(k, 4) for k in "ab"]
+    [f.result(5) for f in futures]
+    assert time.perf_counter() - t < 2.0  # the batch was full: it ran long before max_wait
+    b.close(drain=False)
+
+
+def test_order_under_32_concurrent_callers():
+    fake = Fake(delay=0.002)
+    b = Batcher(fake, max_batch_tokens=4096, max_batch_size=16, max_wait_ms=2)
+
+    def caller(c):
+        items = [f"{c}-{i}" for i in range(1 + c % 5)]
+        return items, b.predict(items, [1 + (i * 7 + c) % 30 for i in range(len(items))], timeout=10)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(caller, range(32)))
+    for items, results in answers:
+        assert results == [("done", x) for x in items]
+    assert sorted(x for batch in fake.batches for x in batch) == sorted(x for items, _ in answers for x in items)
+    assert max(len(batch) for batch in fake.batches) > 1  # callers really were batched together
+    b.close()
+
+
+def test_order_under_32_concurrent_asyncio_tasks():
+    fake = Fake(delay=0.002)
+    b = Batcher(fake, max_batch_tokens=4096, max_batch_size=16, max_wait_ms=2)
+
+    async def main():
+        async def caller(c):
+            items = [f"a{c}-{i}" for i in range(1 + c % 3)]
+            return items, await b.predict_async(items, [5] * len(items))
+
+        return await asyncio.gather(*(caller(c) for c in range(32)))
+
+    for items, results in asyncio.run(main()):
+        assert results == [("done", x) for x in items]
+    assert max(len(batch) for batch in fake.batches) > 1
+    b.close()
+
+
+def test_full_queue_refuses_instead_of_growing():
+    fake = Fake()
+    b, gate = gated(fake, max_queue=4, max_wait_ms=1)
+    futures = [b.submit(k, 1) for k in "abcd"]
+    with pytest.raises(QueueFullError, match="queue is full"):
+        b.submit("e", 1)
+    assert b.depth == 4
+    b2_fake = Fake()
+    b2, _ = gated(b2_fake, max_queue=4, max_wait_ms=1)
+    b2.submit("x", 1)
+    with pytest.raises(QueueFullError):
+        b2.submit_many(["p", "q", "r", "s"], [1, 1, 1, 1])  # all or none: 1 + 4 > 4
+    assert b2.depth == 1
+    fake.release.set()
+    b2_fake.release.set()
+    assert [f.result(5) for f in futures] == [("done", k) for k in "abcd"]
+    assert b.submit("e", 1).result(5) == ("done", "e")  # room again once the queue drained
+    b.close()
+    b2.close()
+
+
+def test_cancelled_requests_are_dropped_from_their_batch():
+    fake = Fake()
+    seen = []
+    b, gate = gated(fake, max_wait_ms=1, on_batch=seen.append)
+    a, c, d = b.submit("a", 1), b.submit("c", 1), b.submit("d", 1)
+    assert c.cancel()
+    fake.release.set()
+    assert a.result(5) == ("done", "a") and d.result(5) == ("done", "d")
+    assert fake.batches[1] == ["a", "d"]
+    assert seen[-1].dropped == 1 and seen[-1].size == 2
+    b.close()
+
+
+def test_cancelled_asyncio_task_drops_its_items():
+    fake = Fake()
+    b, gate = gated(fake, max_wait_ms=1)
+
+    async def main():
+        task = asyncio.create_task(b.predict_async(["x", "y"], [1, 1]))
+        await asyncio.sleep(0.05)
+        assert b.depth == 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        fake.release.set()
+        return await b.predict_async(["z"], [1])
+
+    assert asyncio.run(main()) == [("done", "z")]
+    assert all("x" not in batch and "y" not in batch for batch in fake.batches)
+    b.close()
+
+
+def test_failure_reaches_callers_and_the_worker_survives():
+    fake = Fake()
+    b = Batcher(fake, max_wait_ms=1)
+    with pytest.raises(RuntimeError, match="model failed"):
+        b.predict(["boom"], [1], timeout=5)
+    assert b.predict(["ok"], [1], timeout=5) == [("done", "ok")]
+    b.close()
+
+
+def test_close_drains_then_refuses():
+    fake = Fake()
+    b, gate = gated(fake, max_wait_ms=1)
+    futures = [b.submit(k, 1) for k in "abc"]
+    closer = threading.Thread(target=b.close)
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(ShutdownError):
+        b.submit("late", 1)
+    fake.release.set()
+    closer.join(5)
+    assert [f.result(0) for f in futures] == [("done", k) for k in "abc"]
+    assert not closer.is_alive()
