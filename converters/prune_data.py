@@ -21,7 +21,19 @@ def load_prune_data(path, cfg, tokenizer, max_length: int = 128, batch_size: int
     At most ``max_examples`` examples are used (a seeded random subset): importance settles after a few thousand.
     Examples are grouped by length so batches carry little padding.
     """
-    from bertrt.data.tasks import TASK_FORMATS, collate, encode_classify, encode_ner, encode_qa, read_task
+    from bertrt.data.tasks import collate
+
+    if batch_size < 1:
+        raise PruneError(f"batch_size must be >= 1, got {batch_size}")
+    features = read_features(path, cfg, tokenizer, max_length, max_examples, seed)
+    features.sort(key=lambda f: len(f["input_ids"]))
+    return [collate(features[i:i + batch_size], cfg.pad_token_id) for i in range(0, len(features), batch_size)]
+
+
+def read_features(path, cfg, tokenizer, max_length: int = 128, max_examples: int | None = None,
+                  seed: int = 0) -> list[dict]:
+    """Read, check and encode ``path`` as data of ``cfg.task`` (a seeded random subset of ``max_examples``)."""
+    from bertrt.data.tasks import TASK_FORMATS, encode_classify, encode_ner, encode_qa, read_task
 
     task = cfg.task
     if task not in PRUNABLE_TASKS:
@@ -29,8 +41,6 @@ def load_prune_data(path, cfg, tokenizer, max_length: int = 128, batch_size: int
                          f"prune a checkpoint fine-tuned for {', '.join(PRUNABLE_TASKS)} (bertrt finetune)")
     if max_length < 8:
         raise PruneError(f"max_length {max_length} is too short; use the length the model will serve at (e.g. 128)")
-    if batch_size < 1:
-        raise PruneError(f"batch_size must be >= 1, got {batch_size}")
     try:
         examples = read_task(path, task, require_labels=True)
     except BertrtError as e:
@@ -51,6 +61,4 @@ def load_prune_data(path, cfg, tokenizer, max_length: int = 128, batch_size: int
         features = encode_ner(examples, tokenizer, cfg.labels, max_length)
     else:
         features = encode_qa(examples, tokenizer, max_length, doc_stride=min(128, max_length // 4))
-    features.sort(key=lambda f: len(f["input_ids"]))
-    batches = [collate(features[i:i + batch_size], cfg.pad_token_id) for i in range(0, len(features), batch_size)]
-    return batches
+    return features

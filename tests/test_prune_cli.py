@@ -57,7 +57,7 @@ def ckpt(tmp_path_factory):
 
 def test_prune_end_to_end(ckpt, tmp_path):
     r = bertrt("prune", ckpt / "ckpt", "-o", tmp_path / "out", "--data", ckpt / "train.jsonl", "--keep-flops", 0.5,
-               "--min-examples", 16, "--max-length", 32, "--batch-size", 8)
+               "--min-examples", 16, "--max-length", 32, "--batch-size", 8, "--recover-epochs", 1)
     assert r.returncode == 0, r.stderr
     before, after = load_checkpoint(ckpt / "ckpt").config, load_checkpoint(tmp_path / "out").config
     assert after.flops_per_token(32) <= 0.5 * before.flops_per_token(32)
@@ -66,6 +66,7 @@ def test_prune_end_to_end(ckpt, tmp_path):
     assert summary["config"]["keep_flops"] == 0.5 and summary["examples"] == 48
     assert summary["pruned"]["num_heads"] == after.num_heads and summary["pruned"]["ffn_sizes"] == after.ffn_sizes
     assert "% kept)" in r.stdout
+    assert summary["recovery"]["steps"] == 6 and summary["recovery"]["epochs"] == 1  # 48 examples, batches of 8
     r = bertrt("prune", ckpt / "ckpt", "-o", tmp_path / "out", "--data", ckpt / "train.jsonl", "--keep-flops", 0.5)
     assert r.returncode == 1 and r.stderr.strip() == f"error: {tmp_path / 'out'} already exists; pass --force to " \
                                                      "replace it"
