@@ -51,3 +51,19 @@ class ShutdownError(BertrtError):
 
 class CorpusError(BertrtError):
     """A pretraining corpus is missing, unreadable, malformed JSONL, or too small for the examples asked for."""
+
+
+class ExportError(BertrtError):
+    """An export option is invalid, or a graph step (export, fusion, quantization) did not produce what it must."""
+
+
+class EvalDataError(BertrtError):
+    """An --eval / --calib file cannot be read, or holds data of another task or with unknown labels."""
+
+
+class ParityError(BertrtError):
+    """A converted model failed a parity gate; carries the measured report so callers can show the numbers."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report or {}

@@ -1,0 +1,224 @@
+"""The parity gates: tensor parity, decision parity, task parity, on real text with right padding.
+
+Reference outputs come from the PyTorch fp32 model on the same padded batches. Per-token outputs are compared on
+real tokens only (padding positions are undefined). Tolerance belongs to the precision: fp32 is compared
+elementwise (max abs error), INT8 and fp16 by signal-to-noise ratio, embeddings also by cosine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bertrt.artifact import TASK_OUTPUTS
+from bertrt.errors import ExportError
+
+from .config import ParityConfig
+from .evaldata import Batch
+
+MAX_ANSWER_TOKENS = 30
+EMBED_TIE = 1e-3  # cosine: neighbours closer than this are a tie, not a different decision
+METRIC_NAMES = {"classify": "accuracy", "ner": "token accuracy", "qa": "exact span match"}
+
+
+def torch_outputs(model, batches: list[Batch], progress=None) -> list[dict[str, np.ndarray]]:
+    """The PyTorch fp32 model's outputs on every batch (the reference)."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for b in _progress(batches, progress, "PyTorch reference"):
+            f = {k: torch.from_numpy(v) for k, v in b.feeds.items()}
+            res = model(f["input_ids"], f["attention_mask"], f["token_type_ids"])
+            outs.append({k: res[k].float().numpy() for k in TASK_OUTPUTS[model.config.task]})
+    return outs
+
+
+def make_session(path: str | os.PathLike, device: str = "cpu"):
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ExportError("parity on cuda asked, but this onnxruntime has no CUDAExecutionProvider (install "
+                              "onnxruntime-gpu), or run the gates on cpu")
+        providers = ["CUDAExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    if sess.get_providers()[0] != providers[0]:
+        raise ExportError(f"onnxruntime did not activate {providers[0]} (got {sess.get_providers()})")
+    return sess
+
+
+def onnx_outputs(path, batches: list[Batch], task: str, device: str = "cpu", progress=None) -> list[dict]:
+    sess = make_session(path, device)
+    names = TASK_OUTPUTS[task]
+    outs = []
+    for b in _progress(batches, progress, "ONNX variant"):
+        res = sess.run(names, b.feeds)
+        outs.append({n: np.asarray(r, dtype=np.float32) for n, r in zip(names, res)})
+    return outs
+
+
+def _progress(items, progress, desc):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, unit="batch")
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+def _valid(task: str, name: str, batch: Batch, a: np.ndarray) -> np.ndarray:
+    """The elements of output ``a`` that carry meaning: per-token outputs on real tokens only, flattened."""
+    if task in ("ner", "qa"):
+        m = batch.feeds["attention_mask"].astype(bool)
+        return a[m]
+    return a
+
+
+def tensor_stats(task: str, ref: list[dict], out: list[dict], batches: list[Batch]) -> dict:
+    stats = {}
+    for name in TASK_OUTPUTS[task]:
+        r = np.concatenate([_valid(task, name, b, o[name]).ravel() for b, o in zip(batches, ref)])
+        v = np.concatenate([_valid(task, name, b, o[name]).ravel() for b, o in zip(batches, out)])
+        err = np.abs(v - r)
+        noise = float(np.sum((v - r) ** 2))
+        snr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(r ** 2)) / noise)
+        stats[name] = {"max_abs": float(err.max()), "max_rel": float(err.max() / max(np.abs(r).max(), 1e-12)),
+                       "snr_db": round(snr, 2) if np.isfinite(snr) else 999.0}
+    if task == "embed":
+        r = np.concatenate([o["embedding"] for o in ref])
+        v = np.concatenate([o["embedding"] for o in out])
+        cos = np.sum(r * v, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(v, axis=1) + 1e-12)
+        stats["embedding"]["cosine_min"] = float(cos.min())
+        stats["embedding"]["cosine_mean"] = float(cos.mean())
+    return stats
+
+
+def best_spans(start: np.ndarray, end: np.ndarray, batch: Batch) -> np.ndarray:
+    """(B, 2) best (start, end) token span with start <= end < start + 30, inside the second segment if any."""
+    mask = batch.feeds["attention_mask"].astype(bool)
+    ctx = mask & (batch.feeds["token_type_ids"] == 1)
+    allowed = np.where(ctx.any(1, keepdims=True), ctx, mask)
+    spans = np.zeros((len(start), 2), dtype=np.int64)
+    T = start.shape[1]
+    band = np.triu(np.ones((T, T), dtype=bool)) & ~np.triu(np.ones((T, T), dtype=bool), MAX_ANSWER_TOKENS)
+    for i in range(len(start)):
+        s = np.where(allowed[i], start[i], -np.inf)
+        e = np.where(allowed[i], end[i], -np.inf)
+        score = np.where(band, s[:, None] + e[None, :], -np.inf)
+        spans[i] = np.unravel_index(np.argmax(score), score.shape)
+    return spans
+
+
+def decisions(task: str, outs: list[dict], batches: list[Batch]) -> list[np.ndarray]:
+    """Per batch: the predicted label per row (classify), per real token (ner), span per row (qa)."""
+    res = []
+    for o, b in zip(outs, batches):
+        if task == "classify":
+            res.append(o["logits"].argmax(-1))
+        elif task == "ner":
+            res.append(np.where(b.feeds["attention_mask"].astype(bool), o["logits"].argmax(-1), -1))
+        elif task == "qa":
+            res.append(best_spans(o["start_logits"], o["end_logits"], b))
+    return res
+
+
+def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch]) -> float:
+    if task == "embed":
+        # retrieval decision: each text's nearest neighbour among the others. The variant agrees when the neighbour
+        # it picks is, by the reference's own similarities, the best one or tied with it within EMBED_TIE
+        def sims(outs):
+            e = np.concatenate([o["embedding"] for o in outs])
+            e = e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+            sim = e @ e.T
+            np.fill_diagonal(sim, -np.inf)
+            return sim
+        s_ref, s_out = sims(ref), sims(out)
+        rows = np.arange(len(s_ref))
+        picked = s_ref[rows, s_out.argmax(1)]
+        return float(np.mean(picked >= s_ref.max(1) - EMBED_TIE))
+    agree = total = 0
+    for dr, dv, b in zip(decisions(task, ref, batches), decisions(task, out, batches), batches):
+        if task == "ner":
+            m = b.feeds["attention_mask"].astype(bool)
+            agree += int(np.sum((dr == dv) & m))
+            total += int(m.sum())
+        elif task == "qa":
+            agree += int(np.sum(np.all(dr == dv, axis=1)))
+            total += len(dr)
+        else:
+            agree += int(np.sum(dr == dv))
+            total += len(dr)
+    return agree / max(total, 1)
+
+
+def task_metric(task: str, outs: list[dict], batches: list[Batch]) -> float | None:
+    """The task metric in percent against the gold labels, or None without labels."""
+    if task == "embed" or any(b.gold is None for b in batches):
+        return None
+    hit = total = 0
+    for d, b in zip(decisions(task, outs, batches), batches):
+        if task == "classify":
+            hit += int(np.sum(d == b.gold))
+            total += len(d)
+        elif task == "ner":
+            m = b.gold != -100
+            hit += int(np.sum((d == b.gold) & m))
+            total += int(m.sum())
+        else:
+            m = b.gold[:, 0] >= 0
+            hit += int(np.sum(np.all(d == b.gold, axis=1) & m))
+            total += int(m.sum())
+    return 100.0 * hit / max(total, 1)
+
+
+# ------------------------------------------------------------------------------------------------ the gates
+def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: list[Batch], cfg: ParityConfig,
+          ref_metric: float | None = None) -> dict:
+    """Measure ``out`` against ``ref`` and apply the gates of ``precision``; the report says what passed and why."""
+    tensors = tensor_stats(task, ref, out, batches)
+    agree = agreement(task, ref, out, batches)
+    exact = precision == "fp32"
+    gates = {}
+    if exact:
+        worst = max(s["max_abs"] for s in tensors.values())
+        gates["tensor"] = {"passed": bool(worst <= cfg.fp32_atol), "value": worst, "rule": f"max abs <= {cfg.fp32_atol:g}"}
+    else:
+        floor = cfg.fp16_min_snr_db if precision == "fp16" else cfg.int8_min_snr_db
+        worst = min(s["snr_db"] for s in tensors.values())
+        gates["tensor"] = {"passed": bool(worst >= floor), "value": worst, "rule": f"SNR >= {floor:g} dB"}
+    if task == "embed":
+        floor = cfg.min_cosine_fp32 if exact else cfg.min_cosine_quantized
+        cmin = tensors["embedding"]["cosine_min"]
+        gates["cosine"] = {"passed": bool(cmin >= floor), "value": cmin, "rule": f"min cosine >= {floor:g}"}
+    need = 1.0 if exact else cfg.min_agreement
+    gates["decision"] = {"passed": bool(agree >= need), "value": agree, "rule": f"agreement >= {need:.2%}"}
+    metric = task_metric(task, out, batches)
+    if ref_metric is None:
+        ref_metric = task_metric(task, ref, batches)
+    if metric is None:
+        gates["task"] = {"passed": True, "value": None,
+                         "rule": "not measured: no labelled --eval data (decision agreement stands in)"}
+    else:
+        drop = ref_metric - metric
+        gates["task"] = {"passed": bool(drop <= cfg.max_drop), "value": round(drop, 4), "reference": ref_metric,
+                         "variant": metric, "metric": METRIC_NAMES[task],
+                         "rule": f"{METRIC_NAMES[task]} drop <= {cfg.max_drop:g} points"}
+    return {"precision": precision, "device": cfg.device, "examples": sum(len(b.feeds["input_ids"]) for b in batches),
+            "tensors": tensors, "agreement": agree, "gates": gates,
+            "passed": bool(all(g["passed"] for g in gates.values()))}
+
+
+def failures(report: dict) -> str:
+    """The failed gates of a report as one readable clause, with the numbers."""
+    parts = []
+    for name, g in report["gates"].items():
+        if not g["passed"]:
+            v = g["value"]
+            shown = f"{v:.4g}" if isinstance(v, float) else str(v)
+            parts.append(f"{name} {shown} (needs {g['rule']})")
+    return "; ".join(parts)

@@ -1,0 +1,228 @@
+"""load checkpoint -> export ONNX -> validate -> optimize -> (quantize | fp16) -> validate -> write artifact.
+
+Every input is checked before any expensive work (output folder, task, head, tokenizer, eval data), the work
+happens in a private temporary folder, and the artifact is written atomically only after its gates pass: a failed
+gate, an error or a kill leaves nothing at the output path (or the previous artifact, untouched).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bertrt.artifact import INPUT_NAMES, TASK_OUTPUTS, load_manifest, sha256_file, write_artifact
+from bertrt.atomic import check_writable
+from bertrt.errors import ArtifactError, ExportError, ParityError
+
+from .config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
+from .evaldata import encode, read_examples
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _weights_digest(checkpoint: Path) -> str | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (checkpoint / name).is_file():
+            return sha256_file(checkpoint / name)
+    return None
+
+
+def load_for_export(checkpoint: Path, cfg: ExportConfig):
+    """(model in its artifact task with embed options applied, tokenizer) — or a typed error naming the fix."""
+    from bertrt.checkpoint import load_checkpoint, read_config
+    from bertrt.errors import CheckpointError
+    from bertrt.tokenizer import load_tokenizer
+
+    from .export import prepare_model, resolve_task
+
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {checkpoint}")
+    ckpt_cfg, _ = read_config(checkpoint)
+    task = resolve_task(ckpt_cfg.task, cfg.task)
+    model = prepare_model(load_checkpoint(checkpoint, task=task), cfg)
+    tokenizer = load_tokenizer(checkpoint)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise ExportError(f"the tokenizer in {checkpoint} has {tokenizer.get_vocab_size()} tokens but the model only "
+                          f"{model.config.vocab_size} embeddings; they do not belong together")
+    return model, tokenizer
+
+
+def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None):
+    task = model.config.task
+    examples = read_examples(path, task, model.config.labels, max_samples or pcfg.max_samples)
+    pad = tokenizer.token_to_id("[PAD]")
+    return encode(examples, tokenizer, task, max_length, pcfg.batch_size,
+                  pad_id=model.config.pad_token_id if pad is None else pad)
+
+
+def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, export: ExportConfig | None = None,
+                    optimize: OptimizeConfig | None = None, quantize: QuantizeConfig | None = None,
+                    parity: ParityConfig | None = None, calib_path: str | None = None, force: bool = False,
+                    log=_stderr, progress: bool = True) -> dict:
+    """Build a verified artifact at ``output`` from ``checkpoint``; return its manifest.
+
+    Raises a ``BertrtError`` subclass (nothing written) on bad input, a failed gate (``ParityError``, with the
+    numbers) or a graph step that did not produce what it must.
+    """
+    import onnx
+    import onnxruntime
+    import torch
+
+    from bertrt.tokenizer import fingerprint, save_tokenizer
+
+    from .export import export_onnx
+    from .fallback import quantize_with_gates
+    from .optimize import optimize as run_optimize
+    from .parity import check, failures, onnx_outputs, torch_outputs
+
+    export, optimize = export or ExportConfig(), optimize or OptimizeConfig()
+    quantize, parity = quantize or QuantizeConfig(), parity or ParityConfig()
+    checkpoint, output = Path(checkpoint), Path(output)
+    if optimize.fp16 and quantize.mode != "none":
+        raise ExportError("--fp16 and --quantize are alternatives (fp16 is for CUDA, INT8 for CPU); pick one")
+    check_writable(output, force)  # before any expensive work
+
+    model, tokenizer = load_for_export(checkpoint, export)
+    mcfg, task = model.config, model.config.task
+    max_length = export.max_length or mcfg.max_position_embeddings
+    if max_length > mcfg.max_position_embeddings:
+        raise ExportError(f"max_length {max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
+    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity)
+    calib = None
+    if quantize.mode == "static":
+        src = calib_path or parity.eval_path
+        calib = [b.feeds for b in _batches(src, model, tokenizer, max_length, parity, quantize.calib_samples)]
+    data_name = parity.eval_path or "built-in English sample"
+    log(f"{task} model, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}; gates on {data_name} "
+        f"({sum(len(b.feeds['input_ids']) for b in batches)} examples)")
+
+    ref = torch_outputs(model, batches, progress)
+    gate_reports = {}
+    with tempfile.TemporaryDirectory(prefix="bertrt-export-") as tmp:
+        work = Path(tmp)
+        log("exporting to ONNX")
+        export_report = export_onnx(model, work / "export.onnx", export)
+        raw_report = check(task, "fp32", ref, onnx_outputs(work / "export.onnx", batches, task), batches,
+                           ParityConfig(**{**parity.to_dict(), "device": "cpu"}))
+        gate_reports["export_fp32"] = raw_report
+        if not raw_report["passed"]:
+            raise ParityError(f"the exported fp32 graph differs from PyTorch: {failures(raw_report)}. Nothing "
+                              "written; this is a bertrt bug, please report it", raw_report)
+        current, opt_report = work / "export.onnx", {"enabled": False, "padding": "any"}
+        if optimize.enabled:
+            log("optimizing (ONNX Runtime BERT fusions)")
+            opt_report = {"enabled": True, **run_optimize(current, work / "fused.onnx", mcfg,
+                                                          OptimizeConfig(**{**optimize.to_dict(), "fp16": False}))}
+            current = work / "fused.onnx"
+            fused_report = check(task, "fp32", ref, onnx_outputs(current, batches, task), batches,
+                                 ParityConfig(**{**parity.to_dict(), "device": "cpu"}))
+            gate_reports["fused_fp32"] = fused_report
+            if not fused_report["passed"]:
+                raise ParityError(f"the fused fp32 graph differs from PyTorch: {failures(fused_report)}. Nothing "
+                                  "written; export with --no-optimize", fused_report)
+        final_report, quant_report, precision = gate_reports.get("fused_fp32", raw_report), None, "fp32"
+
+        def evaluate(path: Path, precision: str) -> dict:
+            return check(task, precision, ref, onnx_outputs(path, batches, task, parity.device), batches, parity)
+
+        if optimize.fp16:
+            log("converting to fp16 (normalisations kept in fp32)")
+            opt_report = {"enabled": True, **run_optimize(work / "export.onnx", work / "fp16.onnx", mcfg, optimize)}
+            current, precision = work / "fp16.onnx", "fp16"
+            final_report = evaluate(current, "fp16")
+            if not final_report["passed"]:
+                raise ParityError(f"the fp16 variant fails its gates: {failures(final_report)}. Nothing written; "
+                                  "keep more ops in fp32 or export fp32", final_report)
+        elif quantize.mode != "none":
+            precision = f"int8-{quantize.mode}"
+            log(f"quantizing ({quantize.mode} INT8, preset {quantize.preset})")
+            current, quant_report, final_report = quantize_with_gates(
+                current, work, quantize, lambda p: evaluate(p, precision), calib, log)
+        gate_reports["final"] = final_report
+        if precision == "fp32" and parity.device != "cpu":
+            gate_reports["final"] = evaluate(current, "fp32")
+        log(f"gates passed: {_summary(final_report)}")
+
+        tok_dir = work / "tokenizer"
+        tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
+        pruned = len(set(mcfg.num_heads)) > 1 or len(set(mcfg.ffn_sizes)) > 1
+        manifest = {
+            "task": task, "labels": list(mcfg.labels), "max_length": max_length, "inputs": list(INPUT_NAMES),
+            "outputs": list(TASK_OUTPUTS[task]),
+            "pooling": mcfg.pooling if task == "embed" else None,
+            "normalize": bool(mcfg.normalize) if task == "embed" else False,
+            "precision": precision, "padding": opt_report.get("padding", "any"),
+            "export": export_report | {"config": export.to_dict()},
+            "optimization": opt_report | {"config": optimize.to_dict()},
+            "quantization": quant_report and quant_report | {"config": quantize.to_dict()},
+            "pruning": {"num_heads": mcfg.num_heads, "ffn_sizes": mcfg.ffn_sizes} if pruned else None,
+            "parity": {"data": data_name, "config": parity.to_dict(), **gate_reports},
+            "model": {"layers": mcfg.num_layers, "hidden_size": mcfg.hidden_size, "num_heads": mcfg.num_heads,
+                      "ffn_sizes": mcfg.ffn_sizes, "vocab_size": mcfg.vocab_size},
+            "source": {"checkpoint": str(checkpoint.absolute()), "weights_sha256": _weights_digest(checkpoint)},
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "bertrt": _bertrt_version()},
+            "tokenizer_fingerprint": tok_fp,
+        }
+        write_artifact(output, {"model.onnx": current, "tokenizer.json": tok_dir / "tokenizer.json"}, manifest,
+                       force=force)
+    log(f"wrote {output} ({precision})")
+    return load_manifest(output)
+
+
+def _bertrt_version() -> str:
+    from bertrt import __version__
+
+    return __version__
+
+
+def _summary(report: dict) -> str:
+    parts = []
+    for name, g in report["gates"].items():
+        v = g["value"]
+        parts.append(f"{name} {'-' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}")
+    return ", ".join(parts)
+
+
+def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, checkpoint: str | None = None,
+                    parity: ParityConfig | None = None, log=_stderr, progress: bool = True) -> dict:
+    """Re-check an artifact: sha256 of every file, then its gates against the PyTorch reference checkpoint.
+
+    The reference is ``checkpoint`` or the one recorded in the manifest, which must still hold the same weights.
+    Returns the fresh parity report; raises ``ParityError`` when a gate fails.
+    """
+    from bertrt.tokenizer import load_tokenizer
+
+    from .parity import check, failures, onnx_outputs, torch_outputs
+
+    artifact = Path(artifact)
+    manifest = load_manifest(artifact, verify=True)
+    log(f"{artifact}: sha256 of {len(manifest['files'])} files verified")
+    recorded = manifest.get("source", {})
+    ckpt = Path(checkpoint or recorded.get("checkpoint") or "")
+    if not ckpt.is_dir():
+        raise ArtifactError(f"the reference checkpoint {ckpt} is not available; pass --checkpoint with the checkpoint "
+                            "the artifact was exported from")
+    if checkpoint is None and recorded.get("weights_sha256") not in (None, _weights_digest(ckpt)):
+        raise ArtifactError(f"the checkpoint at {ckpt} changed since the export (weights sha256 differs); pass "
+                            "--checkpoint with the original one")
+    stored = manifest.get("parity", {}).get("config", {})
+    pcfg = parity or ParityConfig(**{**stored, "eval_path": eval_path})
+    ecfg = ExportConfig(task=manifest["task"], pooling=manifest.get("pooling"), normalize=manifest.get("normalize"))
+    model, _ = load_for_export(ckpt, ecfg)
+    tokenizer = load_tokenizer(artifact / "tokenizer.json")
+    batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg)
+    ref = torch_outputs(model, batches, progress)
+    prec = manifest["precision"]
+    report = check(manifest["task"], "fp32" if prec == "fp32" else ("fp16" if prec == "fp16" else "int8"), ref,
+                   onnx_outputs(artifact / "model.onnx", batches, manifest["task"], pcfg.device, progress),
+                   batches, pcfg)
+    if not report["passed"]:
+        raise ParityError(f"{artifact} fails its parity gates on {pcfg.eval_path or 'the built-in sample'}: "
+                          f"{failures(report)}", report)
+    log(f"gates passed: {_summary(report)}")
+    return report

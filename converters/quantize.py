@@ -1,0 +1,132 @@
+"""INT8 quantization of the fused graph: dynamic (MatMulInteger / QAttention) or static QDQ, calibrated.
+
+Quantizable nodes are grouped into units — ``embeddings``, ``layer.<i>``, ``head`` — so the INT8 fallback can keep
+whole layers in fp32 (``exclude``) when the parity gates ask for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bertrt.errors import ExportError
+
+from .config import QuantizeConfig
+
+DYNAMIC_OPS = ["MatMul", "Attention", "EmbedLayerNormalization"]
+STATIC_OPS = ["MatMul", "Attention"]
+_LAYER = re.compile(r"layers\.(\d+)[./]")
+
+
+def node_unit(node: onnx.NodeProto) -> str:
+    """The unit a node belongs to, from the module path the exporter wrote into its name or output names."""
+    for text in [node.name, *node.output]:
+        m = _LAYER.search(text)
+        if m:
+            return f"layer.{m.group(1)}"
+    if node.op_type == "EmbedLayerNormalization" or "embeddings" in node.name:
+        return "embeddings"
+    return "head"
+
+
+def quantizable_units(model_path: str | os.PathLike, mode: str = "dynamic") -> dict[str, list[str]]:
+    """unit -> names of its nodes that INT8 quantization (of ``mode``) would touch, for a fused fp32 graph."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    ops = DYNAMIC_OPS if mode == "dynamic" else STATIC_OPS
+    units: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in ops and (node.op_type != "MatMul" or any(i in inits for i in node.input)):
+            units.setdefault(node_unit(node), []).append(node.name)
+    return units
+
+
+def quantized_counts(model: onnx.ModelProto | str | os.PathLike) -> dict[str, int]:
+    """Counts of quantized compute nodes: dynamic integer ops, or QDQ-wrapped MatMul/Attention for static."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    ops = Counter(n.op_type for n in model.graph.node)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    qdq = Counter(n.op_type for n in model.graph.node if n.op_type in STATIC_OPS
+                  and any(producers.get(i) == "DequantizeLinear" for i in n.input[:2]))
+    return {"MatMulInteger": ops["MatMulInteger"], "QAttention": ops["QAttention"],
+            "QEmbedLayerNormalization": ops["QEmbedLayerNormalization"],
+            "QDQ_MatMul": qdq["MatMul"], "QDQ_Attention": qdq["Attention"],
+            "MatMul_fp32": ops["MatMul"] - qdq["MatMul"], "Attention_fp32": ops["Attention"] - qdq["Attention"]}
+
+
+def excluded_nodes(units: dict[str, list[str]], exclude: list[str]) -> list[str]:
+    return [name for unit in exclude for name in units.get(unit, [])]
+
+
+def quantize(src: str | os.PathLike, dst: str | os.PathLike, cfg: QuantizeConfig, exclude: list[str] = (),
+             calib_feeds: list[dict[str, np.ndarray]] | None = None, probe: bool = False) -> dict:
+    """Quantize ``src`` (a fused fp32 graph) into ``dst``, leaving the units in ``exclude`` in fp32.
+
+    ``probe``: a sensitivity probe of one unit, which may hold no MatMul (the embeddings)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
+    units = quantizable_units(src, cfg.mode)
+    exclude = sorted(set(exclude) | {f"layer.{i}" for i in cfg.exclude_layers})
+    skip = excluded_nodes(units, exclude)
+    # Without DefaultTensorType, quantizing a fused graph fails with "Unable to find data type for weight_name"
+    # (contrib ops have no type inference in onnx); with it, Attention and EmbedLayerNormalization quantize too.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    try:
+        if cfg.mode == "dynamic":
+            quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                             weight_type=QuantType.QInt8, op_types_to_quantize=DYNAMIC_OPS, nodes_to_exclude=skip,
+                             extra_options=extra)
+        elif cfg.mode == "static":
+            if not calib_feeds:
+                raise ExportError("static quantization needs calibration data: pass --calib DATA (or --eval)")
+            _quantize_static(src, dst, cfg, skip, calib_feeds, extra)
+        else:
+            raise ExportError(f"quantize() called with mode {cfg.mode!r}")
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"ONNX Runtime's {cfg.mode} quantization failed: {type(e).__name__}: {e}") from None
+    counts = quantized_counts(dst)
+    done = counts["MatMulInteger"] + counts["QAttention"] + counts["QDQ_MatMul"] + counts["QDQ_Attention"]
+    if done == 0 and not probe:
+        raise ExportError(f"{cfg.mode} quantization quantized no MatMul or Attention node; nothing to gain from INT8")
+    return {"mode": cfg.mode, "preset": cfg.preset, "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range,
+            **({"calibration": cfg.calibration, "calib_batches": len(calib_feeds or [])}
+               if cfg.mode == "static" else {}),
+            "fp32_units": exclude, "counts": counts}
+
+
+def _quantize_static(src, dst, cfg: QuantizeConfig, skip, feeds, extra) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[cfg.calibration]
+    with tempfile.TemporaryDirectory(prefix="bertrt-static-") as tmp:
+        # symbolic shape inference knows the contrib ops' output types; without it the calibrator cannot see the
+        # activations between fused nodes and only the weights would be quantized
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_optimization=True)
+        opts = dict(extra, CalibPercentile=cfg.percentile) if cfg.calibration == "percentile" else dict(extra)
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=STATIC_OPS, nodes_to_exclude=skip,
+                        calibrate_method=method, extra_options=opts,
+                        calibration_providers=["CPUExecutionProvider"])
