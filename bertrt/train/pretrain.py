@@ -1,0 +1,138 @@
+"""Pretraining from scratch: corpus -> tokenizer -> MLM (+ NSP) examples -> the training loop -> checkpoint.
+
+``pretrain(files, out_dir, PretrainConfig(...), TrainConfig(...))`` is what ``bertrt pretrain`` runs, in one
+process or under ``torchrun`` (rank 0 trains the tokenizer and tokenizes the corpus into the shared cache while
+the others wait; each rank then trains on its own shard of the batches; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.corpus import build_corpus, collect_files, default_cache_dir, iter_documents
+from ..data.pretraining import (ExampleConfig, Masker, PretrainBatches, evaluate, pretrain_counts, pretrain_loss,
+                                split_documents)
+from ..errors import BertrtError
+from ..model import PRESETS, Bert, BertConfig
+from . import distributed as D
+from .loop import TrainConfig, TrainResult, train
+
+EVAL_SEED = 20250101  # held-out examples and their masks are the same in every run, so curves compare
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "mini"
+    tokenizer: str | None = None  # a tokenizer file or folder; None trains one on the corpus
+    vocab_size: int = 30522  # when training the tokenizer
+    lowercase: bool = True  # when training the tokenizer
+    seq_len: int = 128
+    batch_size: int = 32  # sequences per micro-batch per process
+    nsp: bool = True
+    mlm_prob: float = 0.15
+    whole_word: bool = False
+    short_seq_prob: float = 0.1
+    documents: str = "auto"  # "auto", "file" or "blank" (see bertrt.data.corpus)
+    eval_fraction: float = 0.01  # share of documents held out for evaluation
+    eval_batches: int = 20  # at most this many held-out batches per evaluation
+    cache_dir: str | None = None  # corpus cache; must be shared by all ranks (default ~/.cache/bertrt)
+    device: str = "auto"
+    model_overrides: dict = field(default_factory=dict)  # extra BertConfig fields (hidden sizes, dropout, ...)
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise BertrtError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.batch_size < 1:
+            raise BertrtError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+def _tokenizer(files: list[Path], cfg: PretrainConfig, out_dir: Path, resume: bool):
+    from ..tokenizer import load_tokenizer, train_tokenizer
+
+    if resume:  # the run's own tokenizer, so ids cannot drift
+        return load_tokenizer(out_dir / "checkpoint")
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
+    cache = Path(cfg.cache_dir or default_cache_dir()).parent / "tokenizers"
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+                                    + [cfg.vocab_size, cfg.lowercase, cfg.documents]).encode()).hexdigest()[:24]
+    path = cache / key / "tokenizer.json"
+    if D.rank() == 0 and not path.is_file():
+        from ..atomic import atomic_dir
+        from ..tokenizer import save_tokenizer
+
+        text_files = [f for f in files if f.suffix.lower() not in (".jsonl", ".json")]
+        with tempfile.TemporaryDirectory() as tmp:
+            jsonl = [f for f in files if f not in text_files]
+            if jsonl:  # the trainer reads text files: write the JSONL records' text out once
+                extracted = Path(tmp) / "jsonl.txt"
+                with open(extracted, "w", encoding="utf-8") as fh:
+                    for doc in iter_documents(jsonl):
+                        fh.write(doc + "\n")
+                text_files.append(extracted)
+            tok = train_tokenizer(text_files, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase)
+        with atomic_dir(path.parent, force=True) as tmp:
+            save_tokenizer(tok, tmp)
+    D.barrier()
+    return load_tokenizer(path)
+
+
+def build_model(cfg: PretrainConfig, vocab_size: int) -> Bert:
+    task = "pretrain" if cfg.nsp else "mlm"
+    overrides = {"max_position_embeddings": max(512, cfg.seq_len), "with_pooler": cfg.nsp,
+                 **cfg.model_overrides, "vocab_size": vocab_size, "task": task}
+    if "num_heads" in overrides or "hidden_size" in overrides:
+        return Bert(BertConfig(**overrides))
+    return Bert(BertConfig.preset(cfg.preset, **overrides))
+
+
+def pretrain(files: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: PretrainConfig,
+             train_cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Bert, TrainResult]:
+    """Pretrain a model from scratch (or ``resume`` the run in ``out_dir``); return it and the loop's result."""
+    out_dir = Path(out_dir)
+    _, _, device = D.init_distributed(cfg.device)
+    files = collect_files(files)
+    tok = _tokenizer(files, cfg, out_dir, resume)
+    if D.rank() == 0:  # tokenize once; the other ranks open the finished cache
+        corpus = build_corpus(files, tok, cfg.cache_dir, cfg.documents, progress=train_cfg.progress)
+    D.barrier()
+    if D.rank() != 0:
+        corpus = build_corpus(files, tok, cfg.cache_dir, cfg.documents, progress=False)
+    train_docs, eval_docs = split_documents(corpus.num_documents, cfg.eval_fraction,
+                                            min_eval=(2 if cfg.nsp else 1) if cfg.eval_fraction > 0 else 0)
+    examples = ExampleConfig(seq_len=cfg.seq_len, short_seq_prob=cfg.short_seq_prob, nsp=cfg.nsp,
+                             mlm_prob=cfg.mlm_prob, whole_word=cfg.whole_word)
+    masker = Masker(tok, cfg.mlm_prob, cfg.whole_word)
+    data = PretrainBatches(corpus, train_docs, masker, examples, cfg.batch_size, seed=train_cfg.seed)
+    eval_fn = None
+    if len(eval_docs):
+        held_out = PretrainBatches(corpus, eval_docs, masker, examples, cfg.batch_size, seed=EVAL_SEED)(0)
+        eval_batches = [held_out[i] for i in range(min(cfg.eval_batches, len(held_out)))]
+        eval_fn = lambda model: evaluate(model, eval_batches)  # noqa: E731
+
+    torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg, tok.get_vocab_size()).to(device)
+    result = train(model, data, pretrain_loss, train_cfg, out_dir, eval_fn=eval_fn, resume=resume,
+                   count_fn=pretrain_counts, tokenizer=tok, force=force)
+    return model, result
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1.5h', '1h30m' or plain seconds -> seconds."""
+    import re
+
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", t):
+        raise BertrtError(f"cannot read the duration {text!r}; write it like 90s, 30m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
