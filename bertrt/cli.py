@@ -229,6 +229,11 @@ def prune_command(
     rescale: bool = typer.Option(True, "--rescale/--no-rescale", help="Least-squares rescaling of the kept heads "
                                  "and neurons, layer by layer, to restore each layer's output. Keep it on unless "
                                  "you want the plain mask-search result (e.g. to measure what rescaling adds)."),
+    recover_epochs: float = typer.Option(0, "--recover-epochs", help="After pruning, fine-tune for this many "
+                                         "epochs over --data with distillation from the unpruned model. 0 skips it; "
+                                         "1-3 usually win back most of what a low --keep-flops loses."),
+    recover_lr: float = typer.Option(3e-5, help="Peak learning rate of the recovery fine-tuning; lower it if the "
+                                     "recovery loss rises."),
     force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
 ):
     """Remove whole attention heads and FFN neurons (Fisher importance + FLOPs-budget mask search), without
@@ -238,15 +243,27 @@ def prune_command(
     from .converters.prune import prune as run_prune
 
     config = PruneConfig(keep_flops=keep_flops, seq_len=max_length, rescale=rescale, min_examples=min_examples)
+    recovery = None
+    if recover_epochs:
+        from .converters.prune_recover import RecoverConfig
+
+        recovery = RecoverConfig(epochs=recover_epochs, lr=recover_lr, batch_size=batch_size)
     check_writable(output, force)  # fail before the slow part
     from .checkpoint import load_checkpoint
-    from .converters.prune_data import load_prune_data
+    from .converters.prune_data import load_prune_data, read_features
     from .tokenizer import load_tokenizer
 
     model = load_checkpoint(checkpoint)
     tokenizer = load_tokenizer(checkpoint)
     batches = load_prune_data(data, model.config, tokenizer, max_length, batch_size, max_examples)
     pruned = run_prune(model, batches, config)
+    if recovery is not None:
+        from .converters.prune_recover import recover
+
+        history = recover(pruned, model, read_features(data, model.config, tokenizer, max_length), recovery,
+                          model.config.pad_token_id)
+        pruned.pruning["recovery"] = {**recovery.to_dict(), "steps": len(history),
+                                      "final_loss": history[-1]["loss"] if history else None}
     save_pruned(pruned, output, tokenizer, force)
     typer.echo(format_summary(pruned.pruning))
     typer.echo(f"wrote {output}")
@@ -362,6 +379,155 @@ def serve(
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue)
     run_server(config, host=host, port=port, workers=workers)
+
+
+# ---------------------------------------------------------------------------------------------------- export
+class ExportTask(str, Enum):
+    classify = "classify"
+    ner = "ner"
+    qa = "qa"
+    embed = "embed"
+
+
+class QuantizeMode(str, Enum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+
+
+class QuantPreset(str, Enum):
+    auto = "auto"
+    avx512_vnni = "avx512_vnni"
+    avx2 = "avx2"
+    arm64 = "arm64"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+
+
+class PoolingMode(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+class GateDevice(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _parse_layers(text: Optional[str]) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--exclude-layers wants comma-separated layer indices like 0,5, not {text!r}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A bertrt checkpoint or any Hugging Face BERT directory "
+                                      "(including one fine-tuned by transformers)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Artifact folder to create (model.onnx, tokenizer.json, "
+                                "bertrt.json), written atomically once every gate passes."),
+    task: Optional[ExportTask] = typer.Option(None, help="Artifact task. Default: the checkpoint's own (a bare "
+                                              "encoder exports embed). Use embed to get sentence embeddings from "
+                                              "any checkpoint."),
+    pooling: Optional[PoolingMode] = typer.Option(None, help="embed: mean over real tokens or the [CLS] vector. "
+                                                  "Default: the checkpoint's setting (mean). all-MiniLM-L6-v2 wants "
+                                                  "mean."),
+    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="embed: L2-normalise inside "
+                                             "the graph. Turn on for cosine-similarity search (sentence-transformers "
+                                             "models such as all-MiniLM-L6-v2 do)."),
+    max_length: Optional[int] = typer.Option(None, help="Longest input the artifact accepts (tokens). Default: the "
+                                             "model's position limit; lower it to what you will serve."),
+    opset: int = typer.Option(17, help="ONNX opset. 17 is tested; change it only for an older runtime."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ONNX Runtime's BERT fusions (Attention, "
+                                  "SkipLayerNormalization, EmbedLayerNormalization, BiasGelu). Turn off only to "
+                                  "debug a fusion problem."),
+    allow_partial_fusion: bool = typer.Option(False, help="Write the artifact even when some layers did not fuse "
+                                              "(recorded as a warning). By default a partial fusion is refused."),
+    right_padding_only: bool = typer.Option(False, help="Let fused attention read mask lengths instead of the mask: "
+                                            "slightly faster, but wrong for left-padded input. Only for a runtime "
+                                            "that always pads on the right (bertrt's does)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half precision for CUDA, keeping normalisations and softmax-like "
+                              "ops in fp32. Slower on most CPUs: use INT8 there."),
+    quantize: QuantizeMode = typer.Option(QuantizeMode.none, help="INT8 for CPU: dynamic (no data needed) or static "
+                                          "QDQ calibrated on --calib. Try dynamic first."),
+    preset: QuantPreset = typer.Option(QuantPreset.auto, help="CPU the INT8 model is for; auto reads this machine's "
+                                       "features. Set it when exporting for another machine."),
+    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="Weight scales per output "
+                                               "channel (more accurate) or per tensor. Default: from the preset."),
+    reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--full-range", help="7-bit weights, which "
+                                                "avoid overflow on CPUs without VNNI. Default: from the preset."),
+    calib: Optional[Path] = typer.Option(None, help="Text for static calibration (same formats as --eval; "
+                                         "labels ignored). Default: --eval, else the built-in sample."),
+    calibration: CalibMethod = typer.Option(CalibMethod.minmax, help="Static range estimation: minmax is robust; "
+                                            "percentile or entropy clip outliers and can help when minmax loses "
+                                            "accuracy."),
+    calib_samples: int = typer.Option(256, help="Texts used for static calibration; more is steadier and slower."),
+    exclude_layers: Optional[str] = typer.Option(None, help="Encoder layers to keep in fp32 from the start, e.g. "
+                                                 "'0,5' (the fallback finds them itself otherwise)."),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="When INT8 misses a gate, keep the most "
+                                  "sensitive layers in fp32 and retry. Turn off to fail fast."),
+    max_fallback_layers: int = typer.Option(3, help="Most layers the fallback may keep in fp32 before refusing."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled data of the model's task for the gates "
+                                             "(classify JSONL/CSV/TSV, ner CoNLL/JSONL, qa SQuAD, or .txt lines). "
+                                             "Default: a built-in English sample (no task metric then)."),
+    max_drop: float = typer.Option(0.5, help="Task-metric loss allowed vs PyTorch fp32, in points. Raise it only if "
+                                   "you accept that accuracy cost for speed."),
+    max_samples: int = typer.Option(512, help="Examples read from --eval for the gates; more is slower and surer."),
+    batch_size: int = typer.Option(16, help="Batch size of the gate runs (rows of mixed lengths, right-padded)."),
+    device: GateDevice = typer.Option(GateDevice.cpu, help="Where the gates run the ONNX model: cuda for fp16 "
+                                      "artifacts meant for GPUs (needs onnxruntime-gpu)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --output."),
+):
+    """Export a checkpoint to a verified ONNX artifact: export, fuse, optionally quantize, and pass the parity
+    gates (tensor, decision, task metric) before anything is written."""
+    from .converters.config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
+    from .converters.pipeline import export_artifact
+
+    configs = dict(
+        export=ExportConfig(task=task.value if task else None, opset=opset, max_length=max_length,
+                            pooling=pooling.value if pooling else None, normalize=normalize),
+        optimize=OptimizeConfig(enabled=optimize, raw_attention_mask=not right_padding_only,
+                                require_full_fusion=not allow_partial_fusion, fp16=fp16),
+        quantize=QuantizeConfig(mode=quantize.value, preset=preset.value, per_channel=per_channel,
+                                reduce_range=reduce_range, calibration=calibration.value,
+                                calib_samples=calib_samples, exclude_layers=_parse_layers(exclude_layers),
+                                fallback=fallback, max_fallback_layers=max_fallback_layers),
+        parity=ParityConfig(eval_path=str(eval_data) if eval_data else None, max_drop=max_drop,
+                            max_samples=max_samples, batch_size=batch_size, device=device.value),
+    )
+    manifest = export_artifact(checkpoint, output, calib_path=str(calib) if calib else None, force=force, **configs)
+    typer.echo(_format_artifact(output, manifest))
+
+
+@app.command()
+def verify(
+    artifact: Path = typer.Argument(..., help="An artifact folder written by `bertrt export`."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Data to re-run the gates on (formats as for "
+                                             "export). Default: the built-in sample."),
+    checkpoint: Optional[Path] = typer.Option(None, help="The PyTorch reference. Default: the checkpoint recorded in "
+                                              "the manifest (refused if its weights changed)."),
+    hashes_only: bool = typer.Option(False, "--hashes-only", help="Only check the sha256 of every file (no torch "
+                                     "needed): use it on serving machines."),
+):
+    """Re-check an artifact: the sha256 of every file, then the parity gates against the PyTorch model."""
+    if hashes_only:
+        from .artifact import load_manifest
+
+        m = load_manifest(artifact, verify=True)
+        typer.echo(f"{artifact}: sha256 of {len(m['files'])} files verified")
+        return
+    from .converters.pipeline import verify_artifact
+
+    report = verify_artifact(artifact, eval_path=str(eval_data) if eval_data else None,
+                             checkpoint=str(checkpoint) if checkpoint else None)
+    typer.echo(json.dumps({k: report[k] for k in ("precision", "examples", "agreement", "gates")}, indent=2))
 
 
 def main():
