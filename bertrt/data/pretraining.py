@@ -194,8 +194,9 @@ class Masker:
             pos = np.flatnonzero(candidate[b])
             if len(pos) == 0:
                 continue
-            starts = ~self.continuation[ids[b, pos]]
-            starts[0] = True
+            # a word starts at a non-"##" piece, or at any piece that follows a special token
+            prev_candidate = np.concatenate([[False], candidate[b, :-1]])[pos]
+            starts = ~self.continuation[ids[b, pos]] | ~prev_candidate
             word = np.cumsum(starts) - 1  # word index of each candidate position
             sizes = np.bincount(word)
             n = max(1, int(round(self.mlm_prob * len(pos))))
