@@ -40,6 +40,7 @@ class PruneConfig:
         model will serve at.
     rescale: least-squares rescaling of the kept units after removal (cheap; usually recovers accuracy).
     rescale_damping: pulls the scales towards 1, relative to the mean diagonal of the normal equations.
+    rescale_examples: at most this many examples for rescaling (memory: 2 x examples x length x hidden floats).
     min_examples: fewer labelled examples than this give importance too noisy to trust.
     """
 
@@ -47,6 +48,7 @@ class PruneConfig:
     seq_len: int = 128
     rescale: bool = True
     rescale_damping: float = 1e-2
+    rescale_examples: int = 1024
     min_examples: int = 64
 
     def __post_init__(self):
@@ -58,6 +60,8 @@ class PruneConfig:
             raise PruneError(f"seq_len must be a positive integer, got {self.seq_len!r}")
         if not self.rescale_damping >= 0:
             raise PruneError(f"rescale_damping must be >= 0, got {self.rescale_damping!r}")
+        if not isinstance(self.rescale_examples, int) or self.rescale_examples < 1:
+            raise PruneError(f"rescale_examples must be a positive integer, got {self.rescale_examples!r}")
         if not isinstance(self.min_examples, int) or self.min_examples < 1:
             raise PruneError(f"min_examples must be a positive integer, got {self.min_examples!r}")
 
@@ -162,7 +166,7 @@ def prune(model: Bert, data: list[dict], config: PruneConfig, progress: bool = T
     head_scores, neuron_scores = fisher_importance(model, data, progress)
     keep_heads, keep_neurons = search_masks(cfg, head_scores, neuron_scores, config.keep_flops, config.seq_len)
     pruned = remove_units(model, keep_heads, keep_neurons)
-    rescaled = rescale(pruned, model, data, config.rescale_damping, progress) if config.rescale else []
+    rescaled = rescale(pruned, model, data, config.rescale_damping, config.rescale_examples, progress) if config.rescale else []
     before, after = cfg.flops_per_token(config.seq_len), pruned.config.flops_per_token(config.seq_len)
     pruned.pruning = {
         "method": "fisher-mask-search" + ("+rescale" if config.rescale else ""), "config": config.to_dict(),

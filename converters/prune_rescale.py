@@ -35,9 +35,11 @@ def _run(sub, x, mask):
 
 def _normal_equations(sub, width: int, units, target, x, valid):
     """Accumulable pieces of the least-squares problem for one batch: G (k, k), g (k,), ||r||^2."""
-    W = sub.output.weight.double()  # (H, k * width)
-    u = units[valid].double()  # (N, k * width): each unit's input to the output projection
-    r = (target[valid] - x[valid]).double() - sub.output.bias.double()  # (N, H): what the units must produce
+    # One batch's products in float32 (the k x k Gram matrix of FFN neurons is the costly part: fp64 would double
+    # it); the sums over batches are kept in float64 by the caller.
+    W = sub.output.weight.float()  # (H, k * width)
+    u = units[valid].float()  # (N, k * width): each unit's input to the output projection
+    r = (target[valid] - x[valid]).float() - sub.output.bias.float()  # (N, H): what the units must produce
     k = W.shape[1] // width
     if width == 1:  # FFN neurons: c_i = u_i W_i, so G = (u^T u) * (W^T W) elementwise
         G = (u.T @ u) * (W.T @ W)  # (k, k)
@@ -46,16 +48,30 @@ def _normal_equations(sub, width: int, units, target, x, valid):
         c = torch.einsum("niw,hiw->nih", u.view(-1, k, width), W.view(-1, k, width))  # (N, k, H)
         G = torch.einsum("nih,njh->ij", c, c)
         g = torch.einsum("nih,nh->i", c, r)
-    return G, g, (r * r).sum()
+    return G.double(), g.double(), (r.double() ** 2).sum()
 
 
-def rescale(pruned, original, batches: list[dict], damping: float = 1e-2, progress: bool = True) -> list[dict]:
+def spread_subset(batches: list[dict], max_examples: int) -> list[dict]:
+    """Batches holding about ``max_examples`` examples, evenly spread over the list (which may be length-sorted)."""
+    sizes = [b["input_ids"].shape[0] for b in batches]
+    if sum(sizes) <= max_examples:
+        return batches
+    n = max(1, round(len(batches) * max_examples / sum(sizes)))
+    return [batches[round(i * (len(batches) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
+def rescale(pruned, original, batches: list[dict], damping: float = 1e-2, max_examples: int | None = None,
+            progress: bool = True) -> list[dict]:
     """Rescale the kept units of ``pruned`` in place to match ``original`` layer by layer; return a report row per
-    sublayer: layer, part, units, relative error before and after, and whether the scales were applied."""
+    sublayer: layer, part, units, relative error before and after, and whether the scales were applied.
+
+    ``max_examples`` bounds the memory (the inputs of both models at one layer are kept for every example)."""
     from tqdm import tqdm
 
     report = []
     hs = pruned.config.head_size
+    if max_examples is not None:
+        batches = spread_subset(batches, max_examples)
     with torch.no_grad():
         states = []  # per batch: pruned-model input, original-model input, additive mask, valid tokens
         for b in batches:

@@ -194,3 +194,12 @@ def test_too_few_examples_and_wrong_task_batches_are_refused():
         prune(tiny_model(task="qa"), batches(2), PruneConfig(0.5, min_examples=1), progress=False)
     with pytest.raises(PruneError, match="a 'embed' checkpoint has none"):
         prune(tiny_model(task="embed"), batches(2), PruneConfig(0.5, min_examples=1), progress=False)
+
+
+def test_rescale_subset_spans_the_length_sorted_batches():
+    from bertrt.converters.prune_rescale import spread_subset
+
+    data = batches(10)  # 8 examples each
+    picked = spread_subset(data, 24)
+    assert len(picked) == 3 and picked[0] is data[0] and picked[-1] is data[-1]
+    assert spread_subset(data, 80) is data
