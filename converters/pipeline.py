@@ -68,23 +68,23 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
     Raises a ``BertrtError`` subclass (nothing written) on bad input, a failed gate (``ParityError``, with the
     numbers) or a graph step that did not produce what it must.
     """
-    import onnx
-    import onnxruntime
-    import torch
-
-    from bertrt.tokenizer import fingerprint, save_tokenizer
-
-    from .export import export_onnx
-    from .fallback import quantize_with_gates
-    from .optimize import optimize as run_optimize
-    from .parity import check, failures, onnx_outputs, torch_outputs
-
     export, optimize = export or ExportConfig(), optimize or OptimizeConfig()
     quantize, parity = quantize or QuantizeConfig(), parity or ParityConfig()
     checkpoint, output = Path(checkpoint), Path(output)
     if optimize.fp16 and quantize.mode != "none":
         raise ExportError("--fp16 and --quantize are alternatives (fp16 is for CUDA, INT8 for CPU); pick one")
-    check_writable(output, force)  # before any expensive work
+    check_writable(output, force)  # before any expensive work, even the imports
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    from bertrt.tokenizer import save_tokenizer
+
+    from .export import export_onnx
+    from .fallback import quantize_with_gates
+    from .optimize import optimize as run_optimize
+    from .parity import check, failures, onnx_outputs, torch_outputs
 
     model, tokenizer = load_for_export(checkpoint, export)
     mcfg, task = model.config, model.config.task

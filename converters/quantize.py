@@ -110,6 +110,9 @@ def _quantize_static(src, dst, cfg: QuantizeConfig, skip, feeds, extra) -> None:
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if cfg.calibration != "minmax":
+        feeds = _same_length(feeds)
+
     class Reader(CalibrationDataReader):
         def __init__(self):
             self._it = iter(feeds)
@@ -130,3 +133,14 @@ def _quantize_static(src, dst, cfg: QuantizeConfig, skip, feeds, extra) -> None:
                         weight_type=QuantType.QInt8, op_types_to_quantize=STATIC_OPS, nodes_to_exclude=skip,
                         calibrate_method=method, extra_options=opts,
                         calibration_providers=["CPUExecutionProvider"])
+
+
+def _same_length(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Right-pad every calibration batch to the longest: ORT's histogram calibrators stack the batches' activations
+    into one array, which fails on mixed sequence lengths. Padding is masked, so only ranges see it."""
+    T = max(f["input_ids"].shape[1] for f in feeds)
+    out = []
+    for f in feeds:
+        pad = T - f["input_ids"].shape[1]
+        out.append({k: np.pad(v, ((0, 0), (0, pad))) for k, v in f.items()})
+    return out
