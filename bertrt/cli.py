@@ -105,7 +105,20 @@ def _checkpoint_report(path: Path, seq_len: int) -> dict:
         "vocab_size": cfg.vocab_size, "heads_per_layer": cfg.num_heads, "ffn_per_layer": cfg.ffn_sizes,
         "max_position_embeddings": cfg.max_position_embeddings, "seq_len": seq_len,
         "flops_per_token": cfg.flops_per_token(seq_len), "tokenizer_fingerprint": fp,
+        **_pruned_from(path, cfg, seq_len),
     }
+
+
+def _pruned_from(path: Path, cfg, seq_len: int) -> dict:
+    """For a checkpoint written by ``bertrt prune``: the unpruned sizes and FLOPs, from its pruning.json."""
+    import dataclasses
+
+    if not (path / "pruning.json").is_file():
+        return {}
+    original = json.loads((path / "pruning.json").read_text())["original"]
+    unpruned = dataclasses.replace(cfg, num_heads=original["num_heads"], ffn_sizes=original["ffn_sizes"])
+    return {"original": {"heads_per_layer": unpruned.num_heads, "ffn_per_layer": unpruned.ffn_sizes,
+                         "flops_per_token": unpruned.flops_per_token(seq_len)}}
 
 
 def _format_checkpoint(path: Path, r: dict) -> str:
@@ -121,6 +134,13 @@ def _format_checkpoint(path: Path, r: dict) -> str:
         "layer  heads  ffn",
     ]
     lines += [f"{i:>5}  {h:>5}  {f:>4}" for i, (h, f) in enumerate(zip(r["heads_per_layer"], r["ffn_per_layer"]))]
+    if "original" in r:  # a pruned checkpoint: show what it was pruned from
+        o = r["original"]
+        lines[5] += f"; {100 * r['flops_per_token'] / o['flops_per_token']:.1f}% of the unpruned " \
+                    f"{o['flops_per_token'] / 1e6:.2f} M"
+        lines[7] += "   unpruned heads  ffn"
+        lines[8:] = [f"{line}   {h:>14}  {f:>4}" for line, h, f in zip(lines[8:], o["heads_per_layer"],
+                                                                         o["ffn_per_layer"])]
     return "\n".join(lines)
 
 

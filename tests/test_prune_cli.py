@@ -67,6 +67,9 @@ def test_prune_end_to_end(ckpt, tmp_path):
     assert summary["pruned"]["num_heads"] == after.num_heads and summary["pruned"]["ffn_sizes"] == after.ffn_sizes
     assert "% kept)" in r.stdout
     assert summary["recovery"]["steps"] == 6 and summary["recovery"]["epochs"] == 1  # 48 examples, batches of 8
+    info = json.loads(bertrt("info", tmp_path / "out", "--json", "--seq-len", 32).stdout)
+    assert info["original"]["flops_per_token"] == before.flops_per_token(32)
+    assert info["flops_per_token"] == after.flops_per_token(32) and info["heads_per_layer"] == after.num_heads
     r = bertrt("prune", ckpt / "ckpt", "-o", tmp_path / "out", "--data", ckpt / "train.jsonl", "--keep-flops", 0.5)
     assert r.returncode == 1 and r.stderr.strip() == f"error: {tmp_path / 'out'} already exists; pass --force to " \
                                                      "replace it"
