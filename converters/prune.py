@@ -145,7 +145,8 @@ def remove_units(model: Bert, keep_heads: list[list[int]], keep_neurons: list[li
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         pruned = Bert(new_cfg)
     pruned.load_state_dict(state)
-    return pruned.to(next(model.parameters()).dtype).eval()
+    first = next(model.parameters())
+    return pruned.to(device=first.device, dtype=first.dtype).eval()
 
 
 def prune(model: Bert, data: list[dict], config: PruneConfig, progress: bool = True) -> Bert:

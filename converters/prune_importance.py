@@ -100,10 +100,12 @@ def fisher_importance(model, batches: list[dict], progress: bool = True):
     for p in model.parameters():
         p.requires_grad_(False)  # only the masks need gradients
     try:
+        device = next(model.parameters()).device
         for batch in tqdm(batches, desc="importance", unit="batch", disable=not progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
             B = batch["input_ids"].shape[0]
-            hm = [torch.ones(B, nh, requires_grad=True) for nh in cfg.num_heads]
-            nm = [torch.ones(B, f, requires_grad=True) for f in cfg.ffn_sizes]
+            hm = [torch.ones(B, nh, device=device, requires_grad=True) for nh in cfg.num_heads]
+            nm = [torch.ones(B, f, device=device, requires_grad=True) for f in cfg.ffn_sizes]
             with torch.enable_grad(), unit_masks(model, hm, nm):
                 loss = task_loss(cfg.task, model(**model_inputs(batch)), batch)
                 masks = [m for m in hm + nm if m.numel() > 0]
@@ -113,7 +115,7 @@ def fisher_importance(model, batches: list[dict], progress: bool = True):
                 if m.numel() > 0:
                     g = next(it)
                     if g is not None:
-                        acc += g.double().pow(2).sum(0)
+                        acc += g.double().pow(2).sum(0).cpu()
     finally:
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)

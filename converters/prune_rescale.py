@@ -48,7 +48,7 @@ def _normal_equations(sub, width: int, units, target, x, valid):
         c = torch.einsum("niw,hiw->nih", u.view(-1, k, width), W.view(-1, k, width))  # (N, k, H)
         G = torch.einsum("nih,njh->ij", c, c)
         g = torch.einsum("nih,nh->i", c, r)
-    return G.double(), g.double(), (r.double() ** 2).sum()
+    return G.double().cpu(), g.double().cpu(), (r.double() ** 2).sum().cpu()
 
 
 def spread_subset(batches: list[dict], max_examples: int) -> list[dict]:
@@ -74,7 +74,9 @@ def rescale(pruned, original, batches: list[dict], damping: float = 1e-2, max_ex
         batches = spread_subset(batches, max_examples)
     with torch.no_grad():
         states = []  # per batch: pruned-model input, original-model input, additive mask, valid tokens
+        device = next(pruned.parameters()).device
         for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
             ids, am = b["input_ids"], b.get("attention_mask", torch.ones_like(b["input_ids"]))
             tt = b.get("token_type_ids", torch.zeros_like(ids))
             states.append([pruned.bert.embeddings(ids, tt), original.bert.embeddings(ids, tt),
@@ -112,7 +114,7 @@ def rescale(pruned, original, batches: list[dict], damping: float = 1e-2, max_ex
                 err = lambda v: float((v @ G @ v - 2 * v @ g + rr) / rr)  # noqa: E731 - relative error
                 row["error_before"], row["error_after"] = err(ones), err(m)
                 if torch.isfinite(m).all() and row["error_after"] < row["error_before"] - 1e-6:  # not mere rounding
-                    scale = m.to(sub.output.weight.dtype).repeat_interleave(width)  # (k * width,)
+                    scale = m.to(sub.output.weight).repeat_interleave(width)  # (k * width,), model dtype/device
                     sub.output.weight.mul_(scale)  # scales column j of the output projection
                     row["applied"] = True
                     row["scale_min"], row["scale_max"] = float(m.min()), float(m.max())
