@@ -523,7 +523,31 @@ def export(
                             max_samples=max_samples, batch_size=batch_size, device=device.value),
     )
     manifest = export_artifact(checkpoint, output, calib_path=str(calib) if calib else None, force=force, **configs)
-    typer.echo(_format_artifact(output, manifest))
+    typer.echo(_format_export(output, manifest))
+
+
+def _format_export(path: Path, m: dict) -> str:
+    """What an export produced, in a few lines: precision, fusions, quantized nodes, and every gate's number."""
+    lines = [f"artifact   {path}: {m['task']}, {m['precision']}, inputs up to {m['max_length']} tokens, "
+             f"padding {m.get('padding', 'any')}"]
+    opt = m.get("optimization") or {}
+    if opt.get("fusions"):
+        want = opt.get("expected", {})
+        lines.append("fusions    " + ", ".join(f"{op} {n}" + (f"/{want[op]}" if op in want else "")
+                                              for op, n in opt["fusions"].items()))
+    q = m.get("quantization")
+    if q:
+        counts = ", ".join(f"{k} {v}" for k, v in q["counts"].items() if v)
+        lines.append(f"quantized  {q['mode']} ({q['preset']}, per-channel {q['per_channel']}, reduce-range "
+                     f"{q['reduce_range']}): {counts}; fp32 units: {', '.join(q['fp32_units']) or 'none'}")
+    final = m["parity"]["final"]
+    gates = []
+    for name, g in final["gates"].items():
+        v = g["value"]
+        shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        gates.append(f"{name} {shown} ({g['rule']})")
+    lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): " + "; ".join(gates))
+    return "\n".join(lines)
 
 
 @app.command()
