@@ -574,6 +574,152 @@ def verify(
     typer.echo(json.dumps({k: report[k] for k in ("precision", "examples", "agreement", "gates")}, indent=2))
 
 
+# ---------------------------------------------------------------------------------------------------- finetune
+class FinetuneTask(str, Enum):
+    classify = "classify"
+    ner = "ner"
+    qa = "qa"
+
+
+class PeftMethod(str, Enum):
+    none = "none"
+    lora = "lora"
+    adalora = "adalora"
+    adapter = "adapter"
+    prefix = "prefix"
+
+
+class Adversarial(str, Enum):
+    none = "none"
+    fgm = "fgm"
+
+
+@app.command("finetune")
+def finetune_command(
+    train: Path = typer.Argument(..., help="Training data: classify JSONL/CSV/TSV (text, optional text_pair, label), "
+                                 "ner CoNLL or JSONL (tokens, tags), qa SQuAD v1.1 JSON."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the fine-tuned checkpoint (written "
+                                "atomically; the training run's files go in its run/ subfolder)."),
+    task: FinetuneTask = typer.Option(..., "--task", help="classify (single texts or pairs), ner or qa."),
+    from_: Path = typer.Option(..., "--from", help="Start from this bertrt checkpoint or Hugging Face BERT folder "
+                               "(a task head is added fresh when it has none for these labels)."),
+    eval_data: Path = typer.Option(None, "--eval", help="Held-out data in the same format: evaluated every "
+                                   "--eval-every steps for best-checkpoint selection and early stopping."),
+    peft: PeftMethod = typer.Option(PeftMethod.none, "--peft", help="Train only a small adapter (plus the task "
+                                    "head): lora is the usual choice; adalora adapts ranks per matrix; adapter and "
+                                    "prefix add layers (cannot be merged)."),
+    merge: bool = typer.Option(False, "--merge", help="With --peft lora/adalora: write a plain checkpoint with the "
+                               "adapter folded in, ready for export."),
+    lora_r: int = typer.Option(8, help="LoRA rank (AdaLoRA: the average rank it prunes to). Raise it if LoRA trails "
+                               "full fine-tuning."),
+    lora_alpha: float = typer.Option(16.0, help="LoRA scale numerator (update scaled by alpha / r)."),
+    lora_targets: str = typer.Option("query,value", help="Comma-separated Linear layers LoRA adapts: query, key, "
+                                     "value, output, intermediate. More targets: closer to full fine-tuning, more "
+                                     "parameters."),
+    adapter_size: int = typer.Option(64, help="Bottleneck width of --peft adapter."),
+    prefix_length: int = typer.Option(16, help="Prefix vectors per layer for --peft prefix."),
+    max_length: int = typer.Option(128, help="Tokens per example (longer texts are truncated; QA contexts are split "
+                                   "into windows). Longer is slower, quadratically in attention."),
+    doc_stride: int = typer.Option(128, help="QA: overlap in tokens between consecutive context windows; must be "
+                                   "below max-length minus the question."),
+    batch_size: int = typer.Option(32, help="Examples per optimizer step; lower it if memory runs out."),
+    epochs: float = typer.Option(3.0, help="Passes over the training data (2-4 suits most tasks)."),
+    max_steps: int = typer.Option(None, help="Stop after this many optimizer steps, if before --epochs."),
+    lr: float = typer.Option(None, help="Peak learning rate. Default: 5e-5 full, 5e-4 lora/adapter, 1e-3 adalora, "
+                             "1e-2 prefix."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay (never on biases and LayerNorm)."),
+    warmup: float = typer.Option(0.1, help="Warm-up: a fraction of the run if < 1, else a number of steps."),
+    dropout: float = typer.Option(None, help="Override the checkpoint's dropout; raise it (0.2-0.3) on small data "
+                                  "that overfits."),
+    eval_every: int = typer.Option(0, help="Evaluate every N optimizer steps (0: once per epoch)."),
+    patience: int = typer.Option(None, help="Stop after this many evaluations without improvement (needs --eval); "
+                                 "unset: train all epochs, still keeping the best."),
+    class_weights: bool = typer.Option(False, "--class-weights", help="Weight the loss by inverse class frequency: "
+                                       "use it when some classes are rare."),
+    adversarial: Adversarial = typer.Option(Adversarial.none, "--adversarial", help="fgm: also train on word "
+                                            "embeddings perturbed along the loss gradient (robustness; ~2x the cost)."),
+    adv_epsilon: float = typer.Option(1.0, help="Size of the FGM perturbation."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
+    seed: int = typer.Option(0, help="Seed of the head's initialisation, data order and dropout."),
+    device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from --output's last "
+                                "checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
+):
+    """Fine-tune a BERT for classification (texts or pairs), NER or extractive QA: fully or with PEFT."""
+    from .train.finetune import FinetuneConfig, finetune
+    from .train.peft import PeftConfig
+
+    peft_cfg = None
+    if peft != PeftMethod.none:
+        peft_cfg = PeftConfig(peft.value, r=lora_r, alpha=lora_alpha, adapter_size=adapter_size,
+                              prefix_length=prefix_length,
+                              targets=[t.strip() for t in lora_targets.split(",") if t.strip()],
+                              init_r=max(12, lora_r + 4))
+    cfg = FinetuneConfig(task.value, max_length=max_length, batch_size=batch_size, epochs=epochs,
+                         max_steps=max_steps, lr=lr, weight_decay=weight_decay, warmup=warmup, dropout=dropout,
+                         eval_every=eval_every, patience=patience, class_weights=class_weights,
+                         adversarial=None if adversarial == Adversarial.none else adversarial.value,
+                         adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
+                         peft=peft_cfg, merge=merge)
+    r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device)
+    share = 100 * r.trainable_parameters / r.total_parameters
+    typer.echo(f"trainable parameters: {r.trainable_parameters:,} of {r.total_parameters:,} ({share:.2f}%)")
+    if r.best:
+        from .train.evaluate import format_report
+
+        typer.echo(format_report(r.best))
+    stopped = " (stopped early)" if r.stopped_early else ""
+    typer.echo(f"wrote {r.path} ({r.steps} steps{stopped})")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Path = typer.Argument(..., help="A fine-tuned checkpoint (plain or PEFT) from bertrt finetune."),
+    data: Path = typer.Argument(..., help="Labelled data in the task's format (as for finetune)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the full report (per class, confusion matrix) "
+                                  "as JSON here."),
+    max_length: int = typer.Option(None, help="Tokens per example; default: what the model was fine-tuned with."),
+    doc_stride: int = typer.Option(128, help="QA: overlap between context windows."),
+    batch_size: int = typer.Option(64, help="Examples per forward pass; lower it if memory runs out."),
+    base: Path = typer.Option(None, help="PEFT checkpoints: where their base checkpoint is now, if it moved."),
+):
+    """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1."""
+    from .train.evaluate import evaluate_dir, format_report
+
+    report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride, batch_size=batch_size,
+                          base=base)
+    typer.echo(format_report(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command("zeroshot")
+def zeroshot_command(
+    model: Path = typer.Argument(..., help="A checkpoint with a masked-LM head (pretraining or BertForMaskedLM)."),
+    data: Path = typer.Argument(..., help="Classify data (JSONL/CSV/TSV with text; label optional: with labels "
+                                "a report is printed)."),
+    template: str = typer.Option(..., help="The prompt, with {text} (and {text_pair}) and one [MASK], e.g. "
+                                 "'{text} This is about [MASK].'"),
+    verbalizer: Path = typer.Option(..., help="JSON object mapping each label to one or more single-token words."),
+    max_length: int = typer.Option(128, help="Tokens per prompt; the text is cut so the template always fits."),
+    json_out: Path = typer.Option(None, "--json", help="Write predictions (and the report) as JSON here."),
+):
+    """Classify without training: fill a cloze prompt and read the masked-LM head through a verbalizer."""
+    from .train.evaluate import format_report
+    from .train.zeroshot import zeroshot
+
+    result = zeroshot(model, data, template, verbalizer, max_length=max_length)
+    if "report" in result:
+        typer.echo(format_report(result["report"]))
+    else:
+        typer.echo("\n".join(result["predictions"]))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
 def main():
     """Console entry point: run the app, turning bertrt's errors into one line on stderr."""
     try:

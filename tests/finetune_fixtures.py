@@ -1,0 +1,102 @@
+"""Synthetic, trivially learnable task data and a tiny random BERT checkpoint for the fine-tuning tests."""
+
+import json
+import random
+
+import torch
+
+from bertrt.checkpoint import save_checkpoint
+from bertrt.model import Bert, BertConfig
+from bertrt.tokenizer import SPECIAL_TOKENS, load_tokenizer
+
+FILLER = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "zeta", "iota", "lambda", "rho"]
+POSITIVE, NEGATIVE = ["good", "great", "fine"], ["bad", "awful", "poor"]
+COLORS = ["red", "blue", "green"]
+PEOPLE, CITIES = ["john", "mary", "paul"], ["paris", "rome"]
+EXTRA = ["new", "york", "what", "color", "?", ".", "topic", "sport", "food", "ball", "goal", "team", "bread", "soup",
+         "rice", "is"]
+VOCAB = SPECIAL_TOKENS + FILLER + POSITIVE + NEGATIVE + COLORS + PEOPLE + CITIES + EXTRA
+
+
+def make_base(path, seed=0, task="base", layers=2, hidden=32):
+    """A tiny random BERT checkpoint with a word-level vocabulary (every synthetic word is one token)."""
+    vocab = path.parent / f"{path.name}-vocab.txt"
+    vocab.write_text("".join(w + "\n" for w in VOCAB))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_heads=[2] * layers, ffn_sizes=[2 * hidden] * layers,
+                     head_size=hidden // 2, max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0,
+                     task=task)
+    save_checkpoint(Bert(cfg), path, tokenizer=load_tokenizer(vocab))
+    return path
+
+
+def filler(rng, n):
+    return [rng.choice(FILLER) for _ in range(n)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def classify_rows(n, seed):
+    """Sentiment by keyword: one positive or negative word among filler."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = filler(rng, rng.randint(3, 8))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def pair_rows(n, seed):
+    """The sentiment of the second text decides; the first holds a random distractor sentiment word. A model blind
+    to segments sees one word of each polarity half of the time, so it cannot pass 75%."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        t1, t2 = filler(rng, rng.randint(2, 5)), filler(rng, rng.randint(2, 5))
+        t1.insert(rng.randrange(len(t1) + 1), rng.choice(POSITIVE + NEGATIVE))
+        t2.insert(rng.randrange(len(t2) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append({"text": " ".join(t1), "text_pair": " ".join(t2), "label": label})
+    return rows
+
+
+def ner_rows(n, seed):
+    """People (one word) and cities (one word, or 'new york') among filler."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(4, 9)):
+            r = rng.random()
+            if r < 0.2:
+                tokens.append(rng.choice(PEOPLE)), tags.append("B-PER")
+            elif r < 0.3:
+                tokens += ["new", "york"]
+                tags += ["B-LOC", "I-LOC"]
+            elif r < 0.4:
+                tokens.append(rng.choice(CITIES)), tags.append("B-LOC")
+            else:
+                tokens.append(rng.choice(FILLER + ["new"])), tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def squad(n, seed, long_every=0):
+    """'what color ?' -> the one color word of the context (some contexts longer than one window)."""
+    rng = random.Random(seed)
+    qas_by_para = []
+    for i in range(n):
+        length = 40 if long_every and i % long_every == 0 else rng.randint(4, 12)
+        words = filler(rng, length)
+        pos = rng.randrange(len(words) + 1)
+        words.insert(pos, rng.choice(COLORS))
+        context = " ".join(words)
+        start = len(" ".join(words[:pos])) + (1 if pos else 0)
+        qas_by_para.append({"context": context, "qas": [{"id": f"q{i}", "question": "what color ?",
+                                                           "answers": [{"text": words[pos], "answer_start": start}]}]})
+    return json.dumps({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": qas_by_para}]})
