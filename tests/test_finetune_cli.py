@@ -1,0 +1,218 @@
+"""The finetune / evaluate / zeroshot commands: merge parity, reports, early stopping, FGM, zero-shot, bad input."""
+
+import json
+import random
+import sys
+
+import pytest
+import torch
+
+from bertrt.checkpoint import load_checkpoint, save_checkpoint
+from bertrt.cli import main
+from bertrt.data import tasks as T
+from bertrt.tokenizer import load_tokenizer
+from bertrt.train.evaluate import load_task_model
+from bertrt.train.finetune import FinetuneConfig, finetune
+from bertrt.train.loop import EpochBatches, TrainConfig, train
+from bertrt.train.zeroshot import zeroshot
+
+from .finetune_fixtures import FILLER, classify_rows, make_base, squad, write_jsonl
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("cli") / "base")
+
+
+def cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["bertrt", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def batch_logits(path, rows):
+    model, tok = load_task_model(path)
+    feats = T.encode_classify(T.read_task(write_jsonl(path.parent / "probe.jsonl", rows), "classify"), tok,
+                              model.config.labels, 32)
+    b = T.collate(feats)
+    with torch.no_grad():
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"])["logits"]
+
+
+def test_merge_writes_a_plain_checkpoint_with_the_unmerged_logits(base, tmp_path, monkeypatch, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", classify_rows(64, 1))
+    common = [train, "--task", "classify", "--from", base, "--peft", "lora", "--epochs", 2, "--batch-size", 16,
+              "--max-length", 32, "--lr", 1e-2, "--lora-targets", "query,key,value,output,intermediate"]
+    code, out, err = cli(monkeypatch, capsys, "finetune", *common, "-o", tmp_path / "lora")
+    assert code in (0, None), err
+    assert "trainable parameters:" in out
+    code, out, err = cli(monkeypatch, capsys, "finetune", *common, "--merge", "-o", tmp_path / "merged")
+    assert code in (0, None), err
+    assert (tmp_path / "lora" / "peft.json").is_file() and not (tmp_path / "merged" / "peft.json").exists()
+    plain = load_checkpoint(tmp_path / "merged")  # an ordinary checkpoint: no adapter, no base needed
+    assert not any("lora" in k for k in plain.state_dict())
+    rows = classify_rows(16, 9)
+    unmerged, merged = batch_logits(tmp_path / "lora", rows), batch_logits(tmp_path / "merged", rows)
+    assert (unmerged - merged).abs().max().item() <= 1e-4
+    fresh = batch_logits_fresh(base, rows)
+    assert (unmerged - fresh).abs().max().item() > 1e-2  # training moved the logits: the comparison is not vacuous
+
+
+def batch_logits_fresh(base, rows):
+    torch.manual_seed(0)
+    model = load_checkpoint(base, task="classify", labels=["neg", "pos"], init_missing_head=True)
+    feats = T.encode_classify([T.ClassifyExample(r["text"], None, r["label"]) for r in rows], load_tokenizer(base),
+                              ["neg", "pos"], 32)
+    b = T.collate(feats)
+    with torch.no_grad():
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"])["logits"]
+
+
+def test_evaluate_prints_and_writes_the_report(base, tmp_path, monkeypatch, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", classify_rows(160, 1))
+    ev = write_jsonl(tmp_path / "eval.jsonl", classify_rows(40, 2))
+    r = finetune(train, tmp_path / "m", base, FinetuneConfig("classify", batch_size=16, max_length=32, lr=2e-3,
+                                                             epochs=4, progress=False, class_weights=True),
+                 eval_path=ev)
+    assert r.best["accuracy"] >= 0.9, r.evals  # class-weighted, it still learns the task
+    code, out, err = cli(monkeypatch, capsys, "evaluate", tmp_path / "m", ev, "--json", tmp_path / "r.json")
+    assert code in (0, None), err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["accuracy"] == r.best["accuracy"] and report["max_length"] == 32
+    assert sum(map(sum, report["confusion_matrix"])) == 40
+    assert "confusion matrix (rows: true, columns: predicted)" in out and f"accuracy {report['accuracy']:.4f}" in out
+
+
+def test_fgm_attacks_along_the_gradient(base):
+    """FGM's second pass sees embeddings moved by epsilon up the loss: its loss is higher than the clean one."""
+    from bertrt.train.objectives import make_loss_fn, task_loss
+
+    torch.manual_seed(0)
+    model = load_checkpoint(base, task="classify", labels=["neg", "pos"], init_missing_head=True)
+    rows = classify_rows(16, 3)
+    feats = T.encode_classify([T.ClassifyExample(r["text"], None, r["label"]) for r in rows], load_tokenizer(base),
+                              ["neg", "pos"], 32)
+    b = T.collate(feats)
+    inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    clean, n = task_loss("classify", model(**inputs), b)
+    both, n2 = make_loss_fn("classify", adversarial="fgm", epsilon=0.5)(model, b)
+    assert n == n2 == 16
+    attacked = both.item() - clean.item()
+    assert attacked > clean.item() + 1e-3, (attacked, clean.item())
+    same, _ = make_loss_fn("classify", adversarial="fgm", epsilon=1e-9)(model, b)
+    assert abs(same.item() - 2 * clean.item()) < 1e-4  # epsilon -> 0: the attacked pass is the clean one
+
+
+def test_early_stopping_keeps_the_best_and_stops(base, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", classify_rows(64, 1))
+    # a learning rate too small to change the accuracy: every evaluation ties the first, patience 2 runs out
+    cfg = FinetuneConfig("classify", batch_size=16, max_length=32, lr=1e-9, epochs=10, eval_every=2, patience=2,
+                         progress=False)
+    r = finetune(train, tmp_path / "m", base, cfg, eval_path=train)
+    assert r.stopped_early and len(r.evals) == 3 and [e["step"] for e in r.evals] == [2, 4, 6]
+    assert json.loads((tmp_path / "m" / "finetune.json").read_text())["stopped_early"] is True
+
+
+def test_zeroshot_beats_chance(tmp_path):
+    """An MLM that saw 'w1 w2 ... topic sport' in pretraining classifies new texts by the prompt alone."""
+    topics = {"sport": ["ball", "goal", "team"], "food": ["bread", "soup", "rice"]}
+    rng = random.Random(0)
+
+    def sentence(label):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(1, 3))] + rng.choices(topics[label], k=2)
+        rng.shuffle(words)
+        return " ".join(words)
+
+    base = make_base(tmp_path / "mlm-base", task="mlm")
+    model, tok = load_checkpoint(base), load_tokenizer(base)
+    mask_id = tok.token_to_id("[MASK]")
+    items = []
+    for _ in range(400):
+        label = rng.choice(list(topics))
+        ids = tok.encode(f"{sentence(label)} topic {label}").ids
+        target = list(ids)
+        masked = [i for i in range(1, len(ids) - 1) if rng.random() < 0.15] + [len(ids) - 2] * (rng.random() < 0.6)
+        ids = [mask_id if i in masked else t for i, t in enumerate(ids)]
+        items.append({"input_ids": ids, "token_type_ids": [0] * len(ids),
+                      "labels": [t if i in masked else -100 for i, t in enumerate(target)]})
+
+    def loss_fn(m, b):
+        positions = b["labels"] != -100
+        logits = m(b["input_ids"], b["attention_mask"], b["token_type_ids"], mlm_positions=positions)["mlm_logits"]
+        return torch.nn.functional.cross_entropy(logits, b["labels"][positions], reduction="sum"), int(positions.sum())
+
+    train(model, EpochBatches(items, 16, T.collate), loss_fn, TrainConfig(lr=3e-3, epochs=8, progress=False),
+          tmp_path / "run")
+    save_checkpoint(model, tmp_path / "mlm", tokenizer=tok)
+    rows = [{"text": sentence(label), "label": label} for label in ["sport", "food"] * 30]
+    data = write_jsonl(tmp_path / "zs.jsonl", rows)
+    (tmp_path / "verbalizer.json").write_text(json.dumps({"sport": ["sport"], "food": "food"}))
+    args = (data, "{text} topic [MASK]", tmp_path / "verbalizer.json")
+    untrained = zeroshot(base, *args, progress=False)["report"]["accuracy"]
+    trained = zeroshot(tmp_path / "mlm", *args, progress=False)
+    assert trained["report"]["accuracy"] >= 0.9 and untrained <= 0.7, (trained["report"]["accuracy"], untrained)
+    assert len(trained["predictions"]) == 60
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+def squad_bad_answer():
+    doc = json.loads(squad(2, 0))
+    doc["data"][0]["paragraphs"][1]["qas"][0]["answers"][0]["text"] = "purple"
+    return json.dumps(doc)
+
+
+BAD = {
+    "missing column": ("classify", "t.csv", "text,category\nalpha,x\n", None,
+                       "no 'label' column"),
+    "empty file": ("classify", "t.jsonl", "", None, "is empty"),
+    "unseen eval label": ("classify", "t.jsonl", '{"text":"a","label":"x"}\n{"text":"b","label":"y"}\n',
+                          '{"text":"a","label":"z"}\n', "label(s) 'z' do not occur in the training data"),
+    "conll fields": ("ner", "t.conll", "john B-PER\nlives O\nin O there\n", None, "t.conll:3: 3 fields"),
+    "qa answer": ("qa", "t.json", squad_bad_answer(), None, "'purple' does not occur in the context"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_nothing_written(base, tmp_path, monkeypatch, capsys, case):
+    task, name, text, eval_text, message = BAD[case]
+    (tmp_path / name).write_text(text)
+    extra = []
+    if eval_text is not None:
+        (tmp_path / "e.jsonl").write_text(eval_text)
+        extra = ["--eval", tmp_path / "e.jsonl"]
+    code, out, err = cli(monkeypatch, capsys, "finetune", tmp_path / name, "-o", tmp_path / "out", "--task", task,
+                         "--from", base, *extra)
+    assert code == 1 and message in err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("kind", ["no config", "not bert"])
+def test_from_that_is_not_a_bert_model(tmp_path, monkeypatch, capsys, kind):
+    src = tmp_path / "src"
+    src.mkdir()
+    if kind == "not bert":
+        (src / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    train = write_jsonl(tmp_path / "t.jsonl", classify_rows(8, 1))
+    code, out, err = cli(monkeypatch, capsys, "finetune", train, "-o", tmp_path / "out", "--task", "classify",
+                         "--from", src)
+    expected = "has no config.json; expected a BERT checkpoint" if kind == "no config" else "holds a gpt2 model"
+    assert code == 1 and expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_of_an_adapter_is_refused_before_training(base, tmp_path, monkeypatch, capsys):
+    train = write_jsonl(tmp_path / "t.jsonl", classify_rows(8, 1))
+    code, out, err = cli(monkeypatch, capsys, "finetune", train, "-o", tmp_path / "out", "--task", "classify",
+                         "--from", base, "--peft", "adapter", "--merge")
+    assert code == 1 and "--merge cannot fold adapter" in err
+    assert not (tmp_path / "out").exists()
