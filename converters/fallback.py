@@ -1,9 +1,12 @@
-"""The INT8 fallback: when a quantized variant misses its gates, keep the most sensitive layers in fp32 and retry.
+"""The INT8 fallback: when a quantized variant misses its gates, keep the most sensitive units in fp32 and retry.
 
-Sensitivity of a unit (``embeddings``, ``layer.<i>``, ``head``) is measured by quantizing that unit alone and
-reading the output SNR against the PyTorch reference: the lower the SNR, the more the unit hurts. Units are then
-kept in fp32 most-sensitive first, one more per attempt, up to ``max_fallback_layers``. If the budget still cannot be
-met, bertrt refuses, with the numbers of the best attempt.
+Units are positions (``embeddings``, ``layer.<i>``, ``head``) and kinds across layers (``attention``,
+``attention_output``, ``ffn_input``, ``ffn_output``; see ``quantize``). The search is greedy forward selection:
+each step tries returning every remaining unit to fp32 (with what is already kept), measures the output SNR against
+the PyTorch reference on a subset, and keeps the unit that helps most; then the full gates run. Overlapping units
+are handled by construction (a layer whose damage came from its FFN output stops looking sensitive once
+``ffn_output`` is kept). At most ``max_fallback_layers`` steps, never everything in fp32; if the budget still
+cannot be met, bertrt refuses, with the numbers of the last attempt.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from bertrt.errors import ParityError
 
 from .config import QuantizeConfig
 from .parity import failures
-from .quantize import quantizable_units, quantize
+from .quantize import all_nodes, excluded_nodes, quantizable_units, quantize
 
 
-def quantize_with_gates(fused: Path, work: Path, cfg: QuantizeConfig, evaluate: Callable[[Path], dict],
+def quantize_with_gates(fused: Path, work: Path, cfg: QuantizeConfig, evaluate: Callable[..., dict],
                         calib_feeds=None, log=print) -> tuple[Path, dict, dict]:
-    """Quantize ``fused`` until ``evaluate`` passes; return (model path, quantization report, parity report)."""
+    """Quantize ``fused`` until ``evaluate(path)`` passes; return (model path, quantization report, parity report).
+
+    ``evaluate(path, quick=True)`` may measure on a subset: probes only compare units with each other."""
     attempts = []
 
     def attempt(exclude: list[str], name: str) -> tuple[Path, dict, dict]:
@@ -40,27 +45,34 @@ def quantize_with_gates(fused: Path, work: Path, cfg: QuantizeConfig, evaluate: 
                           "Try the fallback (drop --no-fallback), --quantize static with --calib, a larger "
                           "--max-drop, or export without --quantize", prep)
 
-    units = [u for u in quantizable_units(fused, cfg.mode) if u not in qrep["fp32_units"]]
-    log(f"measuring the sensitivity of {len(units)} units ({', '.join(units)})")
-    sensitivity = {}
-    for unit in units:
-        others = [u for u in units if u != unit]
-        probe = work / "probe.onnx"
-        quantize(fused, probe, cfg, exclude=others, calib_feeds=calib_feeds, probe=True)
-        rep = evaluate(probe)
-        sensitivity[unit] = min(s["snr_db"] for s in rep["tensors"].values())
-    ranked = sorted(sensitivity, key=sensitivity.get)  # lowest SNR first: most sensitive
-    log("sensitivity (SNR dB when quantized alone, lowest first): "
-        + ", ".join(f"{u} {sensitivity[u]:.1f}" for u in ranked))
-    k = 0
-    for k in range(1, min(cfg.max_fallback_layers, len(ranked) - 1) + 1):  # always leave one unit in INT8
-        keep = ranked[:k]
-        log(f"retrying with {', '.join(keep)} in fp32")
-        dst, qrep, prep = attempt(keep, f"int8-fallback{k}")
+    groups = quantizable_units(fused, cfg.mode)
+    fixed = list(qrep["fp32_units"])  # --exclude-layers: in fp32 in every attempt
+    probe_calib = calib_feeds[:4] if calib_feeds else None  # ranges from fewer batches: probes only rank units
+    kept, steps = [], []
+    log(f"searching which of {len(groups)} units ({', '.join(groups)}) to keep in fp32")
+    for k in range(1, cfg.max_fallback_layers + 1):
+        # greedy forward selection: the unit whose return to fp32 raises the output SNR most, given those kept
+        scores = {}
+        for unit in groups:
+            if unit in kept or unit in fixed:
+                continue
+            if set(excluded_nodes(groups, kept + [unit] + fixed)) >= all_nodes(groups):
+                continue  # that would leave nothing in INT8
+            probe = work / "probe.onnx"
+            quantize(fused, probe, cfg, exclude=kept + [unit], calib_feeds=probe_calib)
+            rep = evaluate(probe, quick=True)
+            scores[unit] = min(s["snr_db"] for s in rep["tensors"].values())
+        if not scores:
+            break
+        best = max(scores, key=scores.get)
+        kept.append(best)
+        steps.append({"kept_fp32": list(kept), "probe_snr_db": scores})
+        log(f"retrying with {', '.join(kept)} in fp32 (probe SNR {scores[best]:.1f} dB; next best "
+            + ", ".join(f"{u} {v:.1f}" for u, v in sorted(scores.items(), key=lambda x: -x[1])[1:4]) + ")")
+        dst, qrep, prep = attempt(kept, f"int8-fallback{k}")
         if prep["passed"]:
-            return dst, qrep | {"attempts": attempts, "sensitivity_snr_db": sensitivity}, prep
-    kept = ", ".join(ranked[:k]) or "no unit"
-    raise ParityError(f"the {cfg.mode} INT8 variant fails its parity gates even with {kept} kept in "
+            return dst, qrep | {"attempts": attempts, "search": steps}, prep
+    raise ParityError(f"the {cfg.mode} INT8 variant fails its parity gates even with {', '.join(kept) or 'no unit'} kept in "
                       f"fp32: {failures(prep)}. Nothing written. Try --quantize static with --calib (or the other "
                       "mode), a larger --max-drop, more --max-fallback-layers, or export without --quantize",
-                      prep | {"attempts": attempts, "sensitivity_snr_db": sensitivity})
+                      prep | {"attempts": attempts, "search": steps})

@@ -20,6 +20,9 @@ from .config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
 from .evaldata import encode, read_examples
 
 
+PROBE_BATCHES = 8  # batches the INT8 fallback's probes are measured on
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -126,8 +129,10 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
                                   "written; export with --no-optimize", fused_report)
         final_report, quant_report, precision = gate_reports.get("fused_fp32", raw_report), None, "fp32"
 
-        def evaluate(path: Path, precision: str) -> dict:
-            return check(task, precision, ref, onnx_outputs(path, batches, task, parity.device), batches, parity)
+        def evaluate(path: Path, precision: str, quick: bool = False) -> dict:
+            n = PROBE_BATCHES if quick else len(batches)  # probes rank candidates; the gates use everything
+            return check(task, precision, ref[:n], onnx_outputs(path, batches[:n], task, parity.device),
+                         batches[:n], parity)
 
         if optimize.fp16:
             log("converting to fp16 (normalisations kept in fp32)")
@@ -141,7 +146,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
             precision = f"int8-{quantize.mode}"
             log(f"quantizing ({quantize.mode} INT8, preset {quantize.preset})")
             current, quant_report, final_report = quantize_with_gates(
-                current, work, quantize, lambda p: evaluate(p, precision), calib, log)
+                current, work, quantize, lambda p, quick=False: evaluate(p, precision, quick), calib, log)
         gate_reports["final"] = final_report
         if precision == "fp32" and parity.device != "cpu":
             gate_reports["final"] = evaluate(current, "fp32")
