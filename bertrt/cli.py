@@ -620,8 +620,8 @@ def finetune_command(
     prefix_length: int = typer.Option(16, help="Prefix vectors per layer for --peft prefix."),
     max_length: int = typer.Option(128, help="Tokens per example (longer texts are truncated; QA contexts are split "
                                    "into windows). Longer is slower, quadratically in attention."),
-    doc_stride: int = typer.Option(128, help="QA: overlap in tokens between consecutive context windows; must be "
-                                   "below max-length minus the question."),
+    doc_stride: int = typer.Option(None, help="QA: overlap in tokens between consecutive context windows "
+                                   "(default: a quarter of --max-length); must be below max-length minus the question."),
     batch_size: int = typer.Option(32, help="Examples per optimizer step; lower it if memory runs out."),
     epochs: float = typer.Option(3.0, help="Passes over the training data (2-4 suits most tasks)."),
     max_steps: int = typer.Option(None, help="Stop after this many optimizer steps, if before --epochs."),
@@ -666,7 +666,7 @@ def finetune_command(
     share = 100 * r.trainable_parameters / r.total_parameters
     typer.echo(f"trainable parameters: {r.trainable_parameters:,} of {r.total_parameters:,} ({share:.2f}%)")
     if r.best:
-        from .train.evaluate import format_report
+        from .train.metrics_report import format_report
 
         typer.echo(format_report(r.best))
     stopped = " (stopped early)" if r.stopped_early else ""
@@ -675,20 +675,30 @@ def finetune_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model: Path = typer.Argument(..., help="A fine-tuned checkpoint (plain or PEFT) from bertrt finetune."),
+    model: Path = typer.Argument(..., help="A fine-tuned checkpoint (plain or PEFT) from bertrt finetune, or an "
+                                 "artifact from bertrt export (evaluated through the runtime, no torch)."),
     data: Path = typer.Argument(..., help="Labelled data in the task's format (as for finetune)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report (per class, confusion matrix) "
                                   "as JSON here."),
     max_length: int = typer.Option(None, help="Tokens per example; default: what the model was fine-tuned with."),
-    doc_stride: int = typer.Option(128, help="QA: overlap between context windows."),
+    doc_stride: int = typer.Option(None, help="QA: overlap between context windows (default: a quarter of the max "
+                                   "length)."),
     batch_size: int = typer.Option(64, help="Examples per forward pass; lower it if memory runs out."),
     base: Path = typer.Option(None, help="PEFT checkpoints: where their base checkpoint is now, if it moved."),
 ):
     """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1."""
-    from .train.evaluate import evaluate_dir, format_report
+    from .train.evaluate_artifact import evaluate_artifact, is_artifact
 
-    report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride, batch_size=batch_size,
-                          base=base)
+    if is_artifact(model):
+        from .train.metrics_report import format_report
+
+        report = evaluate_artifact(model, data)
+    else:
+        from .train.evaluate import evaluate_dir
+        from .train.metrics_report import format_report
+
+        report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride, batch_size=batch_size,
+                              base=base)
     typer.echo(format_report(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
@@ -707,7 +717,7 @@ def zeroshot_command(
     json_out: Path = typer.Option(None, "--json", help="Write predictions (and the report) as JSON here."),
 ):
     """Classify without training: fill a cloze prompt and read the masked-LM head through a verbalizer."""
-    from .train.evaluate import format_report
+    from .train.metrics_report import format_report
     from .train.zeroshot import zeroshot
 
     result = zeroshot(model, data, template, verbalizer, max_length=max_length)

@@ -281,14 +281,16 @@ def encode_ner(examples: list[NerExample], tok, labels: list[str], max_length: i
     return out
 
 
-def encode_qa(examples: list[QaExample], tok, max_length: int, doc_stride: int = 128,
+def encode_qa(examples: list[QaExample], tok, max_length: int, doc_stride: int | None = None,
               max_query_length: int = 64) -> list[dict]:
     """``[CLS] question [SEP] context window [SEP]`` features; long contexts become overlapping windows.
 
-    ``doc_stride`` is the overlap, in tokens, between consecutive windows (Hugging Face's meaning). The answer's
-    start/end token positions point at [CLS] (0) in a window that does not hold the whole answer. ``offsets`` give
+    ``doc_stride`` is the overlap, in tokens, between consecutive windows (Hugging Face's meaning; default a quarter
+    of ``max_length``, as 128 of 384 in SQuAD practice). The answer's start/end token positions point at [CLS] (0)
+    in a window that does not hold the whole answer. ``offsets`` give
     each context token's character span in the context (None elsewhere), to map predictions back to text.
     """
+    doc_stride = max_length // 4 if doc_stride is None else doc_stride
     tok = prepare_tokenizer(tok, 10 ** 6)
     tok.no_truncation()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

@@ -15,6 +15,7 @@ import torch
 
 from ..data import tasks as T
 from . import metrics as M
+from .metrics_report import format_report  # noqa: F401  (re-exported: reports and their rendering)
 
 
 @torch.no_grad()
@@ -80,7 +81,8 @@ def predict_qa(model, features, examples, batch_size=64, pad_id=0, n_best=20, ma
 
 
 def evaluate(model, tokenizer, examples: list, task: str, labels: list[str], max_length: int = 128,
-             doc_stride: int = 128, batch_size: int = 64, progress: bool = False, features: list | None = None) -> dict:
+             doc_stride: int | None = None, batch_size: int = 64, progress: bool = False,
+             features: list | None = None) -> dict:
     """The task's report for ``model`` on labelled ``examples`` (features may be passed in, pre-encoded)."""
     pad_id = tokenizer.token_to_id("[PAD]") or 0
     if task == "classify":
@@ -112,7 +114,7 @@ def load_task_model(path: str | os.PathLike, base: str | os.PathLike | None = No
     return model, load_tokenizer(path)
 
 
-def evaluate_dir(model_dir, data, max_length: int | None = None, doc_stride: int = 128, batch_size: int = 64,
+def evaluate_dir(model_dir, data, max_length: int | None = None, doc_stride: int | None = None, batch_size: int = 64,
                  base=None, progress: bool = True) -> dict:
     model, tok = load_task_model(model_dir, base)
     cfg = model.config
@@ -128,33 +130,3 @@ def _trained_length(model_dir) -> int | None:
     if info.is_file():
         return json.loads(info.read_text()).get("config", {}).get("max_length")
     return None
-
-
-def format_report(r: dict) -> str:
-    """A report for people: per-class / per-type table with averages, confusion matrix, or EM/F1."""
-    head = [f"model {r['model']}  data {r['data']}"] if "model" in r else []
-    if r["task"] == "qa":
-        return "\n".join(head + [f"questions    {r['count']}", f"exact match  {r['exact_match']:.2f}",
-                                 f"F1           {r['f1']:.2f}"])
-    rows = r["per_class"] if r["task"] == "classify" else r["per_type"]
-    width = max([len(k) for k in rows] + [12])
-    lines = head + [f"{'':<{width}}  precision  recall      f1  support"]
-    for name, v in rows.items():
-        lines.append(f"{name:<{width}}  {v['precision']:9.4f}  {v['recall']:6.4f}  {v['f1']:6.4f}  {v['support']:7d}")
-    support = sum(v["support"] for v in rows.values())
-    for avg in ("macro", "micro"):
-        v = r[avg]
-        lines.append(f"{avg + ' avg':<{width}}  {v['precision']:9.4f}  {v['recall']:6.4f}  {v['f1']:6.4f}  "
-                     f"{support:7d}")
-    if r["task"] == "ner":
-        lines += [f"entity F1 {r['f1']:.4f} (exact span and type); token accuracy {r['token_accuracy']:.4f}; "
-                  f"{r['count']} sentences"]
-        return "\n".join(lines)
-    lines += ["", f"accuracy {r['accuracy']:.4f} ({r['count']} examples)", "",
-              "confusion matrix (rows: true, columns: predicted)"]
-    names = r["labels"]
-    w = max([len(n) for n in names] + [5])
-    lines.append(" " * width + "  " + " ".join(f"{n[:w]:>{w}}" for n in names))
-    for name, row in zip(names, r["confusion_matrix"]):
-        lines.append(f"{name:<{width}}  " + " ".join(f"{c:>{w}d}" for c in row))
-    return "\n".join(lines)

@@ -46,7 +46,7 @@ class FinetuneConfig:
     class_weights: bool = False
     adversarial: str | None = None  # "fgm"
     adv_epsilon: float = 1.0
-    doc_stride: int = 128
+    doc_stride: int | None = None  # QA window overlap; None: max_length // 4
     seed: int = 0
     precision: str = "fp32"
     peft: PeftConfig | None = None
