@@ -632,6 +632,8 @@ def finetune_command(
     dropout: float = typer.Option(None, help="Override the checkpoint's dropout; raise it (0.2-0.3) on small data "
                                   "that overfits."),
     eval_every: int = typer.Option(0, help="Evaluate every N optimizer steps (0: once per epoch)."),
+    save_every: int = typer.Option(0, help="Write a resumable checkpoint every N steps (0: at the end only); set it "
+                                   "for long runs so that --resume loses little after a crash."),
     patience: int = typer.Option(None, help="Stop after this many evaluations without improvement (needs --eval); "
                                  "unset: train all epochs, still keeping the best."),
     class_weights: bool = typer.Option(False, "--class-weights", help="Weight the loss by inverse class frequency: "
@@ -658,7 +660,8 @@ def finetune_command(
                               init_r=max(12, lora_r + 4))
     cfg = FinetuneConfig(task.value, max_length=max_length, batch_size=batch_size, epochs=epochs,
                          max_steps=max_steps, lr=lr, weight_decay=weight_decay, warmup=warmup, dropout=dropout,
-                         eval_every=eval_every, patience=patience, class_weights=class_weights,
+                         eval_every=eval_every, save_every=save_every, patience=patience,
+                         class_weights=class_weights,
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
                          adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
                          peft=peft_cfg, merge=merge)

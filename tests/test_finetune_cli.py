@@ -216,3 +216,30 @@ def test_merge_of_an_adapter_is_refused_before_training(base, tmp_path, monkeypa
                          "--from", base, "--peft", "adapter", "--merge")
     assert code == 1 and "--merge cannot fold adapter" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_model(base, tmp_path, monkeypatch):
+    import bertrt.train.objectives as O
+
+    train = write_jsonl(tmp_path / "train.jsonl", classify_rows(64, 1))
+    cfg = FinetuneConfig("classify", batch_size=16, max_length=32, lr=2e-3, epochs=3, save_every=4, progress=False)
+    finetune(train, tmp_path / "whole", base, cfg)
+    original, calls = O.task_loss, []
+
+    def crash_at_step_11(*a, **kw):  # after the checkpoint of step 8
+        calls.append(1)
+        if len(calls) == 11:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(O, "task_loss", crash_at_step_11)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(train, tmp_path / "cut", base, cfg)
+    assert not (tmp_path / "cut" / "config.json").exists()  # an interrupted run does not look finished
+    monkeypatch.setattr(O, "task_loss", original)
+    r = finetune(train, tmp_path / "cut", base, cfg, resume=True)
+    assert r.steps == 12 and len(calls) == 11
+    a, b = load_checkpoint(tmp_path / "whole").state_dict(), load_checkpoint(tmp_path / "cut").state_dict()
+    fresh = load_checkpoint(base, task="classify", labels=["neg", "pos"], init_missing_head=True).state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    assert max((a[k] - fresh[k]).abs().max().item() for k in a if not k.startswith("classifier")) > 1e-3

@@ -8,6 +8,8 @@
 3. trains with ``bertrt.train.loop.train`` under ``OUT/run/`` (resumable ``checkpoint/``, ``metrics.jsonl``);
    with eval data it evaluates every ``eval_every`` steps (default: every epoch), keeps the best weights by the
    task's metric (accuracy; entity F1; SQuAD F1) and stops after ``patience`` evaluations without improvement;
+   ``resume`` continues an interrupted run from its last ``save_every`` checkpoint (the best-so-far tracking
+   starts again from there: evaluations before the interruption are not remembered);
 4. writes ``OUT`` atomically: a plain checkpoint (full fine-tuning, or PEFT with ``merge``) or a PEFT directory
    (adapter + head, ``peft.json``), plus ``finetune.json`` (config, labels, parameter counts, evaluations, the best
    report). ``OUT/run/`` moves inside it.
@@ -42,6 +44,7 @@ class FinetuneConfig:
     warmup: float = 0.1
     dropout: float | None = None  # None keeps the checkpoint's
     eval_every: int = 0  # optimizer steps; 0 = once per epoch
+    save_every: int = 0  # optimizer steps between resumable checkpoints in OUT/run/checkpoint; 0 = at the end only
     patience: int | None = None  # evaluations without improvement before stopping; None = never stop early
     class_weights: bool = False
     adversarial: str | None = None  # "fgm"
@@ -179,7 +182,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     loop_cfg = TrainConfig(lr=config.lr or DEFAULT_LR[config.peft.method if config.peft else None],
                            weight_decay=config.weight_decay, warmup=config.warmup, max_steps=total_steps,
                            seed=config.seed, precision=config.precision, progress=config.progress,
-                           eval_every=eval_every if eval_ex is not None else 0, save_every=0)
+                           eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every)
     batches = EpochBatches(train_feats, config.batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
     counter = {"step": _resumed_step(run_dir) if resume else 0}
