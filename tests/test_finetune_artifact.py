@@ -42,7 +42,8 @@ def test_artifact_and_checkpoint_reports_agree(tmp_path, monkeypatch, capsys, ta
         train, ev = tmp_path / "train.json", tmp_path / "eval.json"
     else:
         rows = classify_rows if task == "classify" else ner_rows
-        train, ev = write_jsonl(tmp_path / "train.jsonl", rows(240, 1)), write_jsonl(tmp_path / "eval.jsonl", rows(40, 2))
+        train = write_jsonl(tmp_path / "train.jsonl", rows(240, 1))
+        ev = write_jsonl(tmp_path / "eval.jsonl", rows(40, 2))
     finetune(train, tmp_path / "ckpt", base, FinetuneConfig(task, batch_size=16, max_length=32, lr=2e-3, epochs=5,
                                                             progress=False))
     export_artifact(tmp_path / "ckpt", tmp_path / "art", optimize=OptimizeConfig(enabled=False), log=lambda m: None,
