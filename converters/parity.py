@@ -18,7 +18,6 @@ from .config import ParityConfig
 from .evaldata import Batch
 
 MAX_ANSWER_TOKENS = 30
-EMBED_TIE = 1e-3  # cosine: neighbours closer than this are a tie, not a different decision
 METRIC_NAMES = {"classify": "accuracy", "ner": "token accuracy", "qa": "exact span match"}
 
 
@@ -127,10 +126,13 @@ def decisions(task: str, outs: list[dict], batches: list[Batch]) -> list[np.ndar
     return res
 
 
-def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch]) -> float:
+def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch], tie: float = 1e-4) -> float:
+    """Fraction of decisions the variant shares with the reference (rows, real tokens or spans).
+
+    embed: each text's nearest neighbour among the others. The variant agrees when the neighbour it picks is, by the
+    reference's own similarities, the best one or within ``tie`` of it: neighbours closer than the cosine error the
+    precision is allowed (1 - its cosine floor) are a tie, not a different decision."""
     if task == "embed":
-        # retrieval decision: each text's nearest neighbour among the others. The variant agrees when the neighbour
-        # it picks is, by the reference's own similarities, the best one or tied with it within EMBED_TIE
         def sims(outs):
             e = np.concatenate([o["embedding"] for o in outs])
             e = e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
@@ -140,7 +142,7 @@ def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch])
         s_ref, s_out = sims(ref), sims(out)
         rows = np.arange(len(s_ref))
         picked = s_ref[rows, s_out.argmax(1)]
-        return float(np.mean(picked >= s_ref.max(1) - EMBED_TIE))
+        return float(np.mean(picked >= s_ref.max(1) - tie))
     agree = total = 0
     for dr, dv, b in zip(decisions(task, ref, batches), decisions(task, out, batches), batches):
         if task == "ner":
@@ -181,8 +183,8 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
           ref_metric: float | None = None) -> dict:
     """Measure ``out`` against ``ref`` and apply the gates of ``precision``; the report says what passed and why."""
     tensors = tensor_stats(task, ref, out, batches)
-    agree = agreement(task, ref, out, batches)
     exact = precision == "fp32"
+    agree = agreement(task, ref, out, batches, tie=1.0 - (cfg.min_cosine_fp32 if exact else cfg.min_cosine_quantized))
     gates = {}
     if exact:
         worst = max(s["max_abs"] for s in tensors.values())

@@ -173,3 +173,17 @@ def test_transformers_checkpoint_exports_with_parity_to_transformers(tmp_path):
         with torch.no_grad():
             ref = hf(**{k: torch.from_numpy(v) for k, v in b.feeds.items()}).logits.numpy()
         assert np.abs(o["logits"] - ref).max() <= ATOL
+
+
+def test_embed_decision_is_the_nearest_neighbour_with_ties_at_the_cosine_budget():
+    from bertrt.converters.parity import agreement
+
+    # text 0's neighbours: text 1 at cosine 0.900, text 2 at 0.895 (a near-tie), text 3 far away
+    ref = np.array([[1.0, 0.0, 0.0], [0.9, np.sqrt(1 - 0.81), 0.0], [0.895, 0.0, np.sqrt(1 - 0.895 ** 2)],
+                    [0.0, -1.0, 0.0]], dtype=np.float32)
+    swapped = ref.copy()
+    swapped[1] = [0.8, np.sqrt(1 - 0.64), 0.0]  # now text 2 is text 0's nearest neighbour
+    refs, outs = [{"embedding": ref}], [{"embedding": swapped}]
+    assert agreement("embed", refs, refs, [None]) == 1.0
+    assert agreement("embed", refs, outs, [None], tie=1e-4) == 0.75  # text 0 changed its neighbour
+    assert agreement("embed", refs, outs, [None], tie=1e-2) == 1.0  # ...to one within the INT8 cosine budget
