@@ -7,6 +7,7 @@ gate, an error or a kill leaves nothing at the output path (or the previous arti
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -164,7 +165,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
             "export": export_report | {"config": export.to_dict()},
             "optimization": opt_report | {"config": optimize.to_dict()},
             "quantization": quant_report and quant_report | {"config": quantize.to_dict()},
-            "pruning": {"num_heads": mcfg.num_heads, "ffn_sizes": mcfg.ffn_sizes} if pruned else None,
+            "pruning": _pruning_summary(checkpoint, mcfg) if pruned else None,
             "parity": {"data": data_name, "config": parity.to_dict(), **gate_reports},
             "model": {"layers": mcfg.num_layers, "hidden_size": mcfg.hidden_size, "num_heads": mcfg.num_heads,
                       "ffn_sizes": mcfg.ffn_sizes, "vocab_size": mcfg.vocab_size},
@@ -177,6 +178,18 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
                        force=force)
     log(f"wrote {output} ({precision})")
     return load_manifest(output)
+
+
+def _pruning_summary(checkpoint: Path, mcfg) -> dict:
+    """What ``bertrt prune`` recorded (pruning.json), or at least the per-layer sizes."""
+    summary = {"num_heads": mcfg.num_heads, "ffn_sizes": mcfg.ffn_sizes}
+    f = checkpoint / "pruning.json"
+    if f.is_file():
+        try:
+            summary["prune"] = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            summary["prune"] = "pruning.json unreadable"
+    return summary
 
 
 def _bertrt_version() -> str:

@@ -224,3 +224,12 @@ def test_verify_refuses_when_the_reference_checkpoint_changed(ckpts, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(ArtifactError, match="changed since the export"):
         verify_artifact(tmp_path / "art", **QUIET)
+
+
+def test_pruned_checkpoint_records_its_pruning_in_the_manifest(tmp_path):
+    ck = make_checkpoint(tmp_path, "classify", heads=[4, 1], ffn=[96, 24])
+    (ck / "pruning.json").write_text(json.dumps({"kept_flops": 0.5, "seq_len": 128}))
+    m = export_artifact(ck, tmp_path / "art", **QUIET)
+    assert m["pruning"]["num_heads"] == [4, 1] and m["pruning"]["ffn_sizes"] == [96, 24]
+    assert m["pruning"]["prune"]["kept_flops"] == 0.5
+    assert m["optimization"]["fusions"]["Attention"] == 2 and m["parity"]["final"]["gates"]["tensor"]["value"] <= 1e-4
