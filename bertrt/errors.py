@@ -67,3 +67,13 @@ class ParityError(BertrtError):
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
         self.report = report or {}
+
+
+class BenchGateError(BertrtError):
+    """``bertrt bench`` refused to time a variant: its outputs disagree with the reference beyond its gate.
+
+    ``refusals`` holds one dict per refused variant with the measured agreement, metric and the gate's limits."""
+
+    def __init__(self, message: str, refusals: list[dict] | None = None):
+        super().__init__(message)
+        self.refusals = refusals or []

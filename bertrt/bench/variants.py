@@ -1,0 +1,44 @@
+"""bertrt artifacts as bench predictors: ``Runtime`` exactly as users call it (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ArtifactError
+
+
+def describe_artifact(manifest: dict) -> str:
+    """A short variant name from the manifest: precision, fused or not, pruned or not."""
+    fused = (manifest.get("optimization") or {}).get("enabled")
+    parts = [manifest.get("precision", "?")]
+    if manifest.get("precision") == "fp32":
+        parts.append("fused" if fused else "unfused")
+    if manifest.get("pruning"):
+        parts.insert(0, "pruned")
+    return " ".join(parts)
+
+
+class ArtifactPredictor:
+    kind = "bertrt"
+
+    def __init__(self, path: str | Path, threads: int, name: str | None = None):
+        from ..runtime import Runtime
+
+        self.path = Path(path)
+        self.rt = Runtime(self.path, device="cpu", threads=threads)
+        self.manifest = self.rt.manifest
+        if self.rt.task != "classify":
+            raise ArtifactError(f"{self.path}: bench measures classify artifacts; this one is {self.rt.task}")
+        self.name = name or f"bertrt {describe_artifact(self.manifest)} ({self.path.name})"
+        self.precision = self.manifest.get("precision", "fp32")
+        self.max_length = self.rt.max_length
+        self.size_mb = round(sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()) / 2 ** 20, 2)
+
+    def tokenize(self, texts: list[str]):
+        return self.rt.encode(texts)
+
+    def predict(self, texts: list[str], batch_size: int) -> list[str]:
+        # batches of at most batch_size rows, bucketed by length (the same plan the peers get)
+        self.rt.max_batch_size = batch_size
+        self.rt.max_batch_tokens = batch_size * self.max_length
+        return [r["label"] for r in self.rt.predict(texts)]

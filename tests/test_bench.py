@@ -1,0 +1,149 @@
+"""bertrt bench: the gate refuses artifacts that disagree with the reference; bench.json follows its schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+jsonschema = pytest.importorskip("jsonschema")
+
+from bertrt.bench.run import BenchConfig, run_bench  # noqa: E402
+from bertrt.bench.schema import SCHEMA  # noqa: E402
+from bertrt.errors import BenchGateError, BertrtError, OutputExistsError  # noqa: E402
+
+from .test_export_fixtures import make_checkpoint, tiny_model, tiny_tokenizer  # noqa: E402
+
+QUIET = dict(log=lambda m: None, progress=False)
+FAST = dict(batch_sizes=[1, 4], repeats=1, latency_n=6, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny classifier, labelled data (its own predictions with every 7th label changed: 85.7% accuracy), its
+    fp32 artifact, and an artifact exported from the same model with perturbed weights."""
+    from bertrt.bench.gate import reference_predictions
+    from bertrt.checkpoint import save_checkpoint
+    from bertrt.converters import sample
+    from bertrt.converters.config import ParityConfig
+    from bertrt.converters.pipeline import export_artifact
+
+    root = tmp_path_factory.mktemp("bench")
+    ckpt = make_checkpoint(root, "classify", std=0.3)  # wide weights: all three labels get predicted
+    texts = sample.TEXTS[:70]
+    preds, labels = reference_predictions(ckpt, texts, 128)
+    gold = [p if i % 7 else labels[(labels.index(p) + 1) % 3] for i, p in enumerate(preds)]
+    data = root / "news.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold)))
+
+    perturbed = tiny_model("classify", std=0.3)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in perturbed.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * 0.09)
+    bad_ckpt = save_checkpoint(perturbed, root / "ckpt-perturbed", tokenizer=tiny_tokenizer())
+    good = root / "good"
+    export_artifact(ckpt, good, parity=ParityConfig(eval_path=str(data)), **QUIET)
+    bad = root / "perturbed"
+    export_artifact(bad_ckpt, bad, parity=ParityConfig(eval_path=str(data)), **QUIET)  # faithful to ITS source
+    return {"root": root, "ckpt": ckpt, "data": data, "good": good, "bad": bad, "gold_accuracy": 100 * 60 / 70}
+
+
+@pytest.fixture(scope="module")
+def timed(setup):
+    out = setup["root"] / "out"
+    doc = run_bench([setup["good"]], [setup["data"]], out, BenchConfig(peers=["ort-fp32"], **FAST),
+                    reference=str(setup["ckpt"]), log=lambda m: None)
+    return out, doc
+
+
+def test_an_artifact_that_disagrees_with_the_reference_is_refused_before_any_timing(setup):
+    out = setup["root"] / "refused"
+    with pytest.raises(BenchGateError) as e:
+        run_bench([setup["good"], setup["bad"]], [setup["data"]], out, BenchConfig(peers=[], **FAST),
+                  reference=str(setup["ckpt"]), log=lambda m: None)
+    assert "perturbed" in str(e.value) and "agreement" in str(e.value) and "< 100%" in str(e.value)
+    (refusal,) = e.value.refusals  # the faithful artifact passed; only the perturbed one is refused
+    assert refusal["artifact"].endswith("perturbed")
+    assert 0.0 < refusal["agreement"] < 100.0 and refusal["gate"]["min_agreement"] == 1.0
+    assert not out.exists()  # nothing was timed or written
+
+
+def test_skip_refused_reports_the_refusal_with_its_numbers_and_times_the_rest(setup):
+    out = setup["root"] / "skipped"
+    doc = run_bench([setup["good"], setup["bad"]], [setup["data"]], out, BenchConfig(skip_refused=True, peers=[],
+                                                                                           **FAST),
+                    reference=str(setup["ckpt"]), log=lambda m: None)
+    good, bad = doc["rows"]
+    assert bad["status"] == "refused" and bad["agreement"] < 100.0 and "agreement" in bad["reason"]
+    assert "throughput" not in bad and "latency_ms" not in bad
+    assert good["status"] == "timed" and good["agreement"] == 100.0
+    assert good["accuracy"] == pytest.approx(setup["gold_accuracy"], abs=1e-3)
+    jsonschema.validate(json.loads((out / "bench.json").read_text()), SCHEMA)
+
+
+def test_a_looser_gate_lets_the_perturbed_artifact_through_only_when_it_is_not_fp32(setup):
+    """The fp32 gate is exact agreement whatever --min-agreement says; --max-drop alone cannot open it."""
+    with pytest.raises(BenchGateError):
+        run_bench([setup["bad"]], [setup["data"]], setup["root"] / "loose", BenchConfig(
+            min_agreement=0.01, max_drop=100.0, peers=[], **FAST), reference=str(setup["ckpt"]), log=lambda m: None)
+
+
+def test_bench_json_follows_the_schema_and_holds_consistent_numbers(setup, timed):
+    out, doc = timed
+    written = json.loads((out / "bench.json").read_text())
+    jsonschema.validate(written, SCHEMA)
+    assert written["schema_validated"] is True
+    assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "latency.png", "accuracy_throughput.png"}
+    rows = {r["kind"]: r for r in written["rows"]}
+    ours, peer = rows["bertrt"], rows["peer"]
+    for r in (ours, peer):
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] == 6
+        assert set(r["throughput"]) == {"1", "4"} and all(t["seq_per_s"] > 0 for t in r["throughput"].values())
+        assert 0 < r["tokenize_ms"]["p50"] < lat["p50"]  # tokenization is part of the batch-1 latency
+        assert r["size_mb"] > 0 and r["threads"] >= 1 and r["max_length"] == 128 and r["examples"] == 70
+        assert r["cpu"] and r["versions"]["onnxruntime"] and r["versions"]["torch"]
+    assert peer["variant"].startswith("ONNX Runtime plain export fp32") and peer["agreement"] == 100.0
+    assert peer["vs_best_peer"]["throughput_ratio"] == 1.0 and peer["vs_best_peer"]["p50_ratio"] == 1.0
+    expected = ours["throughput"]["4"]["seq_per_s"] / peer["throughput"]["4"]["seq_per_s"]
+    assert ours["vs_best_peer"]["throughput_ratio"] == pytest.approx(expected, rel=1e-2)
+    md = (out / "bench.md").read_text()
+    assert md.count("\n| news |") == 2 and "seq/s @4" in md and written["machine"]["cpu"] in md
+
+
+def test_the_schema_rejects_a_timed_row_without_measurements(timed):
+    _, doc = timed
+    broken = json.loads(json.dumps({k: v for k, v in doc.items() if k not in ("schema_validated", "plots")}))
+    del broken["rows"][0]["latency_ms"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
+    broken["rows"][0].update(status="refused", reason=None)
+    with pytest.raises(jsonschema.ValidationError):  # a refusal must say why
+        jsonschema.validate(broken, SCHEMA)
+
+
+def test_existing_output_needs_force_and_bad_options_are_refused(setup, timed):
+    out, _ = timed
+    with pytest.raises(OutputExistsError):
+        run_bench([setup["good"]], [setup["data"]], out, BenchConfig(**FAST), reference=str(setup["ckpt"]))
+    with pytest.raises(BertrtError, match="batch-sizes"):
+        BenchConfig(batch_sizes=[0, 8])
+    with pytest.raises(BertrtError, match="unknown peers"):
+        BenchConfig(peers=["tensorflow"])
+
+
+def test_cli_refusal_is_one_line_and_exit_1(setup, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bertrt.cli", "bench", str(setup["bad"]), "--data", str(setup["data"]),
+                        "--reference", str(setup["ckpt"]), "-o", str(tmp_path / "o"), "--latency-n", "4",
+                        "--repeats", "1", "--batch-sizes", "1", "--peers", "none"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "refusing to time" in errors[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
