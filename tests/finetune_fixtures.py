@@ -3,6 +3,7 @@
 import json
 import random
 
+import pytest
 import torch
 
 from bertrt.checkpoint import save_checkpoint
@@ -100,3 +101,12 @@ def squad(n, seed, long_every=0):
         qas_by_para.append({"context": context, "qas": [{"id": f"q{i}", "question": "what color ?",
                                                            "answers": [{"text": words[pos], "answer_start": start}]}]})
     return json.dumps({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": qas_by_para}]})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one intra-op thread is several times faster than oversubscribed ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

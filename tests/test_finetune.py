@@ -13,18 +13,9 @@ from bertrt.tokenizer import load_tokenizer
 from bertrt.train.evaluate import evaluate, load_task_model
 from bertrt.train.finetune import FinetuneConfig, finetune
 from bertrt.train.peft import PeftConfig, is_peft_dir
-from .finetune_fixtures import classify_rows, make_base, ner_rows, pair_rows, squad, write_jsonl
+from .finetune_fixtures import one_thread, classify_rows, make_base, ner_rows, pair_rows, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one intra-op thread is several times faster than oversubscribed ones."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

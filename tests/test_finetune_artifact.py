@@ -11,17 +11,11 @@ from bertrt.train.evaluate import evaluate_dir
 from bertrt.train.evaluate_artifact import evaluate_artifact, word_tags
 from bertrt.train.finetune import FinetuneConfig, finetune
 
-from .finetune_fixtures import classify_rows, make_base, ner_rows, squad, write_jsonl
+from .finetune_fixtures import one_thread, classify_rows, make_base, ner_rows, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
 
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_word_tags_from_character_entities():

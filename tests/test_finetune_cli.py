@@ -16,15 +16,9 @@ from bertrt.train.finetune import FinetuneConfig, finetune
 from bertrt.train.loop import EpochBatches, TrainConfig, train
 from bertrt.train.zeroshot import zeroshot
 
-from .finetune_fixtures import FILLER, classify_rows, make_base, squad, write_jsonl
+from .finetune_fixtures import one_thread, FILLER, classify_rows, make_base, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
