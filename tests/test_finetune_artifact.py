@@ -4,7 +4,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from bertrt.cli import main
 from bertrt.train.evaluate import evaluate_dir
