@@ -139,6 +139,37 @@ def test_truncation_flag_at_the_boundary(tiny_artifact):
     assert (len(over), over.truncated) == (64, True)
 
 
+def test_prefix_tokenization_is_exact(tiny_artifact):
+    """Long single texts are tokenized from a whitespace-cut prefix; every field must equal the full encoding."""
+    path = tiny_artifact("ner") / "tokenizer.json"
+    fast, full = TextEncoder(path, "ner", 16), TextEncoder(path, "ner", 16)
+    full._prefix_chars = None
+    assert fast._prefix_chars == 16 * 8
+    rng = np.random.default_rng(0)
+    words = " ".join(TEXTS + [q["context"] for q in QA]).split()
+    seps = [" ", "  ", "\t", "\n", " \u3000 "]
+    texts = ["".join(str(rng.choice(words)) + str(rng.choice(seps)) for _ in range(int(rng.integers(1, 80))))
+             for _ in range(300)]
+    texts += ["a" + " " * 200 + "b c d " * 10,  # the prefix is mostly blank: too few tokens, re-encoded whole
+              "x" * 400,  # no whitespace near the cut: the whole text
+              "北京上海" * 60,  # CJK without spaces
+              "fox " * 31 + "fox"]  # exactly at the character limit
+    assert sum(len(t) > 16 * 8 for t in texts) > 150
+    got, want = fast.encode(texts), full.encode(texts)
+    for t, a, b in zip(texts, got, want):
+        assert (a.ids, a.type_ids, a.offsets, a.word_ids, a.sequence_ids, a.truncated, a.source) == \
+            (b.ids, b.type_ids, b.offsets, b.word_ids, b.sequence_ids, b.truncated, b.source), t[:60]
+
+
+def test_prefix_tokenization_only_for_bert_pre_tokenizers(tiny_artifact, tmp_path):
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    tok = Tokenizer.from_file(str(tiny_artifact("ner") / "tokenizer.json"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert TextEncoder(tmp_path / "tokenizer.json", "ner", 16)._prefix_chars is None
+
+
 def test_encoding_offsets_are_character_offsets(tiny_artifact):
     rt = Runtime(tiny_artifact("ner"), device="cpu", threads=1)
     text = "北京 😀 Zürich"

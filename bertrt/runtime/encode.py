@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from ..errors import InputError
 
 PAD_MULTIPLE = 8  # sequence lengths are padded to a multiple of this: fewer distinct shapes, tensor-core friendly
+PREFIX_CHARS_PER_TOKEN = 8  # a long single text is first tokenized from a prefix of max_length x this many characters
 
 
 @dataclass
@@ -83,6 +84,7 @@ class TextEncoder:
         # qa truncates only the context; when the question alone is too long, both are cut (longest_first)
         self._tok = self._configured(base, "only_second" if task == "qa" else "longest_first")
         self._fallback = self._configured(base, "longest_first")
+        self._prefix_chars = max_length * PREFIX_CHARS_PER_TOKEN if _prefix_safe(base) else None
 
     def _configured(self, base: Tokenizer, strategy: str) -> Tokenizer:
         tok = Tokenizer.from_str(base.to_str())
@@ -94,12 +96,32 @@ class TextEncoder:
         pairs = [parse_input(item, self.task) for item in items]
         if not pairs:
             return []
-        batch = [(a, b) if b is not None else a for a, b in pairs]
+        batch = [(a, b) if b is not None else self._prefix(a) for a, b in pairs]
         try:
             encs = self._tok.encode_batch(batch)
         except Exception:  # only_second cannot fit a question this long: encode one by one, cutting both
             encs = [self._encode_one(x) for x in batch]
+        for i, (e, x, (a, b)) in enumerate(zip(encs, batch, pairs)):
+            if b is None and x is not a and not e.overflowing:  # the prefix fell short of max_length: all of it
+                encs[i] = self._tok.encode(a)
         return [self._wrap(e, a, b) for e, (a, b) in zip(encs, pairs)]
+
+    def _prefix(self, text: str) -> str:
+        """The text up to a whitespace near ``_prefix_chars`` characters (the text itself when short).
+
+        Why it is exact: the BERT normaliser maps each character on its own and the BERT pre-tokeniser splits at
+        whitespace, so the tokens of a prefix cut at whitespace are a prefix of the text's tokens. When that
+        prefix still overflows ``max_length``, its truncated encoding (ids, offsets, truncation flag) is the full
+        text's; ``encode`` re-encodes the whole text otherwise. Tokenizing a 2,000-character article to keep its
+        first 128 tokens costs about a quarter as much this way.
+        """
+        n = self._prefix_chars
+        if n is None or len(text) <= n:
+            return text
+        cut = n
+        while cut > n // 2 and not text[cut].isspace():
+            cut -= 1
+        return text[:cut] if text[cut].isspace() else text
 
     def _encode_one(self, x):
         try:
@@ -111,6 +133,17 @@ class TextEncoder:
         return Encoded(ids=e.ids, type_ids=e.type_ids, offsets=e.offsets, sequence_ids=e.sequence_ids,
                        word_ids=e.word_ids, truncated=len(e.overflowing) > 0,
                        source=b if self.task == "qa" else a)
+
+
+def _prefix_safe(tok: Tokenizer) -> bool:
+    """Whether tokenizing a whitespace-cut prefix gives a prefix of the tokens: true for BERT's normaliser and
+    pre-tokeniser with a WordPiece model (every bertrt and BERT tokenizer), not assumed for anything else."""
+    import json
+
+    spec = json.loads(tok.to_str())
+    normalizer, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+    return (normalizer.get("type") in (None, "BertNormalizer") and pre.get("type") == "BertPreTokenizer"
+            and spec.get("model", {}).get("type") == "WordPiece")
 
 
 def padded_length(n_tokens: int, max_length: int) -> int:
