@@ -154,3 +154,29 @@ def test_metrics_and_eval_logged(tmp_path):
     from bertrt.checkpoint import load_checkpoint
     m = load_checkpoint(tmp_path / "m/checkpoint")  # the checkpoint is an ordinary HF-style directory
     assert m.config.labels == ["a", "b", "c"]
+
+
+def test_metrics_start_over_with_force_and_do_not_repeat_after_resume(tmp_path):
+    def steps_logged(name):
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [x["step"] for x in lines if x["kind"] == "train"]
+
+    cfg = dict(lr=1e-3, log_every=1, save_every=2, progress=False)
+    data = [collate(items(4))]
+    train(tiny(), data, loss_fn, TrainConfig(max_steps=3, **cfg), tmp_path / "f")
+    train(tiny(), data, loss_fn, TrainConfig(max_steps=2, **cfg), tmp_path / "f", force=True)
+    assert steps_logged("f") == [1, 2]  # the replaced run's records are gone
+
+    def dies_in_step_4(m, b, calls={"n": 0}):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated kill")
+        return loss_fn(m, b)
+
+    with pytest.raises(RuntimeError):
+        train(tiny(), data, dies_in_step_4, TrainConfig(max_steps=5, **cfg), tmp_path / "k")
+    with open(tmp_path / "k/metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "kind": "tr')  # a line torn by the kill
+    train(tiny(), data, loss_fn, TrainConfig(max_steps=5, **cfg), tmp_path / "k", resume=True)
+    assert steps_logged("k") == [1, 2, 3, 4, 5]  # step 3 was logged before the kill and again after: kept once
+

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -209,19 +210,35 @@ def _default_save(model, directory: Path, tokenizer) -> None:
         write_checkpoint_files(model, directory, tokenizer)
 
 
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a torn last line from a killed run: dropped
+
+
 class _Logger:
     """TensorBoard (when importable) and metrics.jsonl; only on rank 0."""
 
-    def __init__(self, out_dir: Path, active: bool):
+    def __init__(self, out_dir: Path, active: bool, resume_step: int | None):
+        """``resume_step``: continuing a run whose checkpoint is at this step - records logged after it (by the
+        run that crashed) are dropped, so no step appears twice; None: a new run, earlier records are removed."""
         self.active, self.tb, self.file = active, None, None
         if not active:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(out_dir / "metrics.jsonl", "a")
+        path = out_dir / "metrics.jsonl"
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "logs", ignore_errors=True)
+        elif path.exists():
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "logs"))
+            self.tb = SummaryWriter(str(out_dir / "logs"), purge_step=resume_step)
         except ImportError:
             print("tensorboard is not installed: scalars go to metrics.jsonl only (pip install tensorboard)")
 
@@ -292,7 +309,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
         return min(p, 1.0)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    logger = _Logger(out_dir, is_main)
+    logger = _Logger(out_dir, is_main, step if resume else None)
     bar = None
     if is_main and config.progress:
         from tqdm.auto import tqdm
