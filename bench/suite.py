@@ -60,6 +60,9 @@ def finetuned(args, train_file: Path) -> Path:
 
 
 def pruned(args, base: Path, train_file: Path) -> Path:
+    if args.pruned:
+        print(f"== reusing the pruned checkpoint {args.pruned}", flush=True)
+        return Path(args.pruned)
     from bertrt.checkpoint import load_checkpoint
     from bertrt.converters.prune import PruneConfig, prune, save_pruned
     from bertrt.converters.prune_data import load_prune_data, read_features
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
                     "(e.g. from bench/finetune_bbc.py); skips the fine-tuning stage.")
     ap.add_argument("--epochs", type=float, default=3.0, help="Fine-tuning epochs (without --checkpoint).")
     ap.add_argument("--keep", type=float, default=0.6, help="FLOPs fraction the pruned variants keep.")
+    ap.add_argument("--pruned", help="Reuse this pruned checkpoint (`bertrt prune` of --checkpoint, e.g. from "
+                    "bench/prune_bbc.py) instead of pruning again; --keep and --recover-epochs are then not used.")
     ap.add_argument("--recover-epochs", type=float, default=1.0, help="Distillation epochs after pruning (0: none).")
     ap.add_argument("--max-length", type=int, default=128, help="Truncation of every workload (tokens).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every variant and peer.")
@@ -128,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="Seconds-long check: a random 2-layer model, 200 articles, "
                     "max length 64, loose gates (its numbers mean nothing).")
     args = ap.parse_args(argv)
+    if args.pruned and not args.checkpoint:
+        ap.error("--pruned needs --checkpoint, the fine-tuned checkpoint it was pruned from (the reference)")
 
     import torch
 
