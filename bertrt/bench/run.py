@@ -181,7 +181,7 @@ def _bar(total: int, enabled: bool):
 def _time_one(w, factory, cfg: BenchConfig, result: dict | None, ref: list[str] | None) -> dict:
     # Memory is sampled (a thread reading /proc every 5 ms) while loading and over one untimed pass at the largest
     # batch, never during timing: on a 2-core machine the sampler's wake-ups cost a 2-thread ONNX Runtime batch-1
-    # call over a millisecond (measured: 6.9 ms p50 sampled vs 5.6 ms not, for the same artifact).
+    # call over a millisecond (measured: 6.9 ms p50 sampled vs 5.4 ms not, for the same artifact).
     with PeakRSS() as mem:
         p = factory()
         preds = p.predict(w.texts, cfg.batch_sizes[-1])

@@ -6,6 +6,7 @@ Only the ``tokenizers`` library and numpy. Tokenizers are configured once and ne
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,9 @@ from ..errors import InputError
 
 PAD_MULTIPLE = 8  # sequence lengths are padded to a multiple of this: fewer distinct shapes, tensor-core friendly
 PREFIX_CHARS_PER_TOKEN = 8  # a long single text is first tokenized from a prefix of max_length x this many characters
+# Where a prefix may be cut: whitespace to the pre-tokeniser in every normaliser setting. Not str.isspace(), which
+# also accepts control characters (\x1c-\x1f) that BERT's clean_text deletes, joining the words around them.
+_CUT_AT = frozenset(" \t\n\r")
 
 
 @dataclass
@@ -119,9 +123,9 @@ class TextEncoder:
         if n is None or len(text) <= n:
             return text
         cut = n
-        while cut > n // 2 and not text[cut].isspace():
+        while cut > n // 2 and text[cut] not in _CUT_AT:
             cut -= 1
-        return text[:cut] if text[cut].isspace() else text
+        return text[:cut] if text[cut] in _CUT_AT else text
 
     def _encode_one(self, x):
         try:
@@ -138,8 +142,6 @@ class TextEncoder:
 def _prefix_safe(tok: Tokenizer) -> bool:
     """Whether tokenizing a whitespace-cut prefix gives a prefix of the tokens: true for BERT's normaliser and
     pre-tokeniser with a WordPiece model (every bertrt and BERT tokenizer), not assumed for anything else."""
-    import json
-
     spec = json.loads(tok.to_str())
     normalizer, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
     return (normalizer.get("type") in (None, "BertNormalizer") and pre.get("type") == "BertPreTokenizer"
