@@ -12,6 +12,10 @@ Correctness first: before timing, the two models are given the same weights and 
 batch (eval mode, fp32) within 1e-4. Then each variant runs ``--warmup`` untimed steps and ``--steps`` timed steps;
 the table shows the median, p10 and p90 tokens/s and bertrt's speed-up over Hugging Face at each precision.
 
+Each variant runs in its own fresh process. bertrt's loop asks glibc to keep freed memory for reuse (see
+``bertrt.train.loop.keep_freed_memory``); two extra rows give Hugging Face the same setting, so the table shows
+how much of the gap is the allocator and how much the model and loop.
+
     python bench/pretrain_speed.py                  # full run: 20 timed steps per variant (~10 min on 2 cores)
     python bench/pretrain_speed.py --steps 2 --warmup 1    # smoke test
 """
@@ -23,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,6 +147,21 @@ def summarize(speeds: list[float]) -> dict:
     return {"p10": float(q[0]), "median": float(statistics.median(speeds)), "p90": float(q[2]), "n": len(speeds)}
 
 
+def run_variant(spec: str, args) -> list[float]:
+    """Time one ``impl:precision[:keep]`` variant in this process (``keep``: glibc keeps freed memory, see below)."""
+    impl, precision, *extra = spec.split(":")
+    batches = make_batches(args.warmup + args.steps, args.batch_size, args.seq_len, 0.15, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if impl == "hf":
+            if "keep" in extra:
+                from bertrt.train.loop import keep_freed_memory
+
+                keep_freed_memory()
+            return time_hf(hf_from(bertrt_model(0), work), batches, precision, args.warmup)
+        return time_bertrt(bertrt_model(0), batches, precision, args.warmup, work, "compile" in extra)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,34 +173,46 @@ def main(argv=None):
     ap.add_argument("--impls", default="hf,bertrt", help="comma-separated: hf, bertrt")
     ap.add_argument("--compile", action="store_true", help="also time bertrt with torch.compile (compile time is "
                     "excluded by the warm-up steps; say so when quoting it)")
+    ap.add_argument("--no-allocator-rows", action="store_true", help="skip the rows that time Hugging Face with "
+                    "the glibc setting bertrt's loop makes (they show how much of the gap is the allocator)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: time one variant, print JSON
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args)))
+        return
     precisions = args.precisions.split(",")
     impls = args.impls.split(",")
-    batches = make_batches(args.warmup + args.steps, args.batch_size, args.seq_len, 0.15, seed=0)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        if "hf" in impls:
-            gap = check_parity(bertrt_model(0), hf_from(bertrt_model(0), work), batches[0])
-            print(f"parity: |loss(bertrt) - loss(HF)| = {gap:.2e} on one batch (same weights, eval, fp32)")
-            if gap > 1e-4:
-                sys.exit("parity check failed: the two models do not compute the same loss; not timing")
-        rows = []
-        variants = [(i, p, False) for p in precisions for i in impls]
-        if args.compile:
-            variants += [("bertrt", p, True) for p in precisions]
-        for impl, precision, comp in variants:
-            name = impl + (" (compiled)" if comp else "")
-            print(f"timing {name} {precision}: {args.warmup} + {args.steps} steps ...", flush=True)
-            if impl == "hf":
-                speeds = time_hf(hf_from(bertrt_model(0), work), batches, precision, args.warmup)
-            else:
-                speeds = time_bertrt(bertrt_model(0), batches, precision, args.warmup, work, comp)
-            rows.append({"impl": name, "precision": precision, **summarize(speeds)})
+    if "hf" in impls:
+        batch = make_batches(1, args.batch_size, args.seq_len, 0.15, seed=0)[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            gap = check_parity(bertrt_model(0), hf_from(bertrt_model(0), Path(tmp)), batch)
+        print(f"parity: |loss(bertrt) - loss(HF)| = {gap:.2e} on one batch (same weights, eval, fp32)")
+        if gap > 1e-4:
+            sys.exit("parity check failed: the two models do not compute the same loss; not timing")
+    variants = [(i, p, "") for p in precisions for i in impls]
+    if "hf" in impls and not args.no_allocator_rows:
+        variants += [("hf", p, "keep") for p in precisions]
+    if args.compile:
+        variants += [("bertrt", p, "compile") for p in precisions]
+    rows = []
+    for impl, precision, extra in variants:
+        name = impl + {"": "", "keep": " (glibc keeps freed memory)", "compile": " (compiled)"}[extra]
+        print(f"timing {name} {precision}: {args.warmup} + {args.steps} steps, own process ...", flush=True)
+        # every variant in a fresh process: nothing (allocator state, oneDNN caches, mallopt) carries over
+        cmd = [sys.executable, __file__, "--variant", f"{impl}:{precision}:{extra}", "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{name} {precision} failed:\n{done.stderr[-2000:]}")
+        speeds = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"impl": name, "precision": precision, **summarize(speeds)})
 
     base = {r["precision"]: r["median"] for r in rows if r["impl"] == "hf"}
     import transformers

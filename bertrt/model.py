@@ -32,6 +32,44 @@ PRESETS = {  # name: (layers, hidden, heads)
 }
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` with a cheaper mask on CPU.
+
+    torch's CPU dropout draws one Mersenne-Twister number per element (``bernoulli_``), which took ~14% of a bf16
+    pretraining step. Here every 64-bit draw gives four 16-bit uniforms, so ``p`` is rounded to a multiple of 1/65536
+    (0.1 -> 0.100006) and kept values are scaled by 1 / (1 - that p): the expectation is unchanged, forward + backward
+    is ~2x faster at BERT's sizes, and the stream still comes from torch's seeded generator (resume stays exact).
+    Off CPU, torch's fused kernel.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    drop, n = round(p * 65536), x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, 2 ** 63 - 1)
+    keep = words.view(torch.int16)[:n].view(x.shape) >= drop - 32768  # P(drop) = drop / 65536
+    return torch.where(keep, x * (65536 / (65536 - drop)), 0.0)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout` (still an ``nn.Dropout``, so code that sets ``.p`` keeps working)."""
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+
+def attention(q, k, v, mask, p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) v, dropout ``p`` on the probabilities; q, k, v: (B, nh, T, hs).
+
+    SDPA, except when training on CPU: there SDPA's dropout falls back to its math path with ``bernoulli_``; the
+    same math with :func:`dropout` is 1.3x (fp32) to 2x (bf16 autocast) faster forward + backward.
+    """
+    if p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)) + mask  # (B, nh, T, T)
+    return dropout(scores.softmax(-1), p, True) @ v
+
+
 @dataclass
 class BertConfig:
     vocab_size: int = 30522
@@ -106,7 +144,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.shape[1]
@@ -128,7 +166,7 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, inner)
         self.output = nn.Linear(inner, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         self.attention_dropout = cfg.attention_dropout
 
     def forward(self, x, mask):  # x: (B, T, H); mask: (B, 1, 1, T) additive, 0 where attended
@@ -140,7 +178,7 @@ class SelfAttention(nn.Module):
         k = self.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = self.value(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         p = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs)
         return self.norm(x + self.dropout(self.output(y)))
 
@@ -151,7 +189,7 @@ class FeedForward(nn.Module):
         self.intermediate = nn.Linear(cfg.hidden_size, ffn_size)
         self.output = nn.Linear(ffn_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x):  # (B, T, H)
@@ -203,6 +241,41 @@ class MaskedLMHead(nn.Module):
         h = self.norm(self.act(self.transform(h)))
         return F.linear(h, decoder_weight, self.bias)
 
+    def loss_sum(self, h, decoder_weight, labels):  # (N, H), (V, H), (N,) -> summed cross-entropy, a scalar
+        h = self.norm(self.act(self.transform(h)))
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        with torch.autocast(h.device.type, enabled=False):
+            return DecoderCrossEntropy.apply(h.to(dtype), decoder_weight.to(dtype), self.bias, labels)
+
+
+class DecoderCrossEntropy(torch.autograd.Function):
+    """sum_i cross_entropy(h_i W^T + b, y_i), without keeping the (N, V) logits around for backward.
+
+    The forward turns the logits into their own gradient (softmax - one-hot) in place and saves that, so the
+    vocabulary-wide work is one GEMM, one log-softmax, one exp; the plain path (logits, then ``F.cross_entropy``)
+    also writes a log-softmax copy, a zero-filled gradient buffer and a backward pass over both: ~8% of a ``mini``
+    pretraining step. The logits are fp32 whatever ``h``'s dtype (bf16 GEMM, fp32 softmax, as autocast does).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels):  # h (N, H) and weight (V, H) in the compute dtype; bias (V,) fp32
+        logits = (h @ weight.t()).float().add_(bias)  # (N, V)
+        logp = torch.log_softmax(logits, -1)  # (N, V)
+        del logits
+        rows = torch.arange(labels.numel(), device=labels.device)
+        loss = -logp[rows, labels].sum()
+        grad = logp.exp_()  # softmax
+        grad[rows, labels] -= 1.0  # d(sum CE)/d logits = softmax - one-hot
+        ctx.save_for_backward(h, weight, grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        h, weight, grad = ctx.saved_tensors
+        grad = grad * g  # (N, V) fp32; not in place, so a retained graph can run backward again
+        grad_c = grad.to(h.dtype)
+        return grad_c @ weight, grad_c.t() @ h, grad.sum(0), None
+
 
 class Bert(nn.Module):
     """The encoder plus the head of ``cfg.task``; ``forward`` returns a dict of the task's outputs.
@@ -210,7 +283,8 @@ class Bert(nn.Module):
     Outputs by task: base -> hidden (B,T,H) and pooled (B,H) if there is a pooler; embed -> embedding (B,H);
     pretrain -> mlm_logits, nsp_logits (B,2); mlm -> mlm_logits; classify -> logits (B,L); ner -> logits (B,T,L);
     qa -> start_logits, end_logits (B,T). ``mlm_logits`` is (B,T,V), or (N,V) for only the N positions where
-    ``mlm_positions`` (B,T bool) is true -- pretraining asks for the masked positions alone.
+    ``mlm_positions`` (B,T bool) is true -- pretraining asks for the masked positions alone. With ``mlm_labels``
+    (one per selected position) the MLM output is ``mlm_loss_sum``, the summed cross-entropy, instead of the logits.
     """
 
     def __init__(self, cfg: BertConfig):
@@ -218,7 +292,7 @@ class Bert(nn.Module):
         self.config = cfg
         self.bert = Encoder(cfg)
         H, task = cfg.hidden_size, cfg.task
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
         if task in ("pretrain", "mlm"):
             self.mlm = MaskedLMHead(cfg)
         if task == "pretrain":
@@ -243,7 +317,8 @@ class Bert(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, mlm_positions=None) -> dict:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, mlm_positions=None,
+                mlm_labels=None) -> dict:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -256,7 +331,11 @@ class Bert(nn.Module):
             return {"embedding": self.embed(h, attention_mask)}
         if task in ("pretrain", "mlm"):
             words = self.bert.embeddings.word_embeddings.weight
-            out = {"mlm_logits": self.mlm(h[mlm_positions] if mlm_positions is not None else h, words)}
+            h_mlm = h[mlm_positions] if mlm_positions is not None else h
+            if mlm_labels is not None:  # training: the summed loss, never the (N, V) logits
+                out = {"mlm_loss_sum": self.mlm.loss_sum(h_mlm.reshape(-1, h.shape[-1]), words, mlm_labels.reshape(-1))}
+            else:
+                out = {"mlm_logits": self.mlm(h_mlm, words)}
             if task == "pretrain":
                 out["nsp_logits"] = self.nsp(self.bert.pool(h))  # (B, 2)
             return out

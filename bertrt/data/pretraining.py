@@ -270,10 +270,10 @@ def collate(corpus: Corpus, rows: np.ndarray, masker: Masker, rng: np.random.Gen
 
 def pretrain_loss(model, batch: dict) -> dict:
     """``{"mlm": (sum over masked tokens, count), "nsp": (sum over sequences, count)}`` for the training loop."""
-    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                mlm_positions=batch["mlm_positions"])
     labels = batch["mlm_labels"]
-    terms = {"mlm": (F.cross_entropy(out["mlm_logits"].float(), labels, reduction="sum"), labels.numel())}
+    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                mlm_positions=batch["mlm_positions"], mlm_labels=labels)
+    terms = {"mlm": (out["mlm_loss_sum"], labels.numel())}
     if "nsp_labels" in batch:
         nsp = batch["nsp_labels"]
         terms["nsp"] = (F.cross_entropy(out["nsp_logits"].float(), nsp, reduction="sum"), nsp.numel())

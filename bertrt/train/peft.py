@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PeftError
-from ..model import Bert, SelfAttention
+from ..model import Bert, SelfAttention, attention
 
 METHODS = ("lora", "adalora", "adapter", "prefix")
 TARGETS = ("query", "key", "value", "output", "intermediate")
@@ -102,7 +102,7 @@ class PrefixSelfAttention(SelfAttention):
         v = torch.cat([self.prefix_value.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)  # (B, nh, P+T, hs)
         mask = F.pad(mask, (P, 0))  # (B, 1, 1, P+T): the prefix is always attended
         p = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs)
         return self.norm(x + self.dropout(self.output(y)))
 
