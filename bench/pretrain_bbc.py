@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bertrt.bench.machine import cpu_model
 from bertrt.data.bbc import bbc_split, write_jsonl
 
 
@@ -78,7 +78,8 @@ def main(argv=None):
     ap.add_argument("--vocab-size", type=int, default=16000, help="tokenizer trained on the training articles")
     ap.add_argument("--batch-size", type=int, default=32, help="pretraining sequences per step")
     ap.add_argument("--precision", default="bf16", help="fp32 or bf16 (bf16 is faster on CPUs with AVX512-BF16/AMX)")
-    ap.add_argument("--compile", action="store_true", help="pretrain with --compile")
+    ap.add_argument("--lr", type=float, default=1e-3, help="pretraining peak learning rate")
+    ap.add_argument("--whole-word-mask", action="store_true", help="pretrain with --whole-word-mask")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--ft-epochs", type=float, default=3.0, help="fine-tuning epochs (both models)")
     ap.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tuning peak learning rate (both models)")
@@ -107,7 +108,8 @@ def main(argv=None):
                "--vocab-size", str(args.vocab_size), "--budget", args.budget, "--seed", str(seed),
                "--batch-size", str(args.batch_size), "--precision", args.precision, "--eval-every",
                str(args.eval_every), "--eval-fraction", "0.05", "--save-every", "500", "--cache-dir",
-               str(work / "cache"), "--force"] + (["--compile"] if args.compile else [])
+               str(work / "cache"), "--lr", str(args.lr), "--force"] + \
+            (["--whole-word-mask"] if args.whole_word_mask else [])
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         curve = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +143,7 @@ def main(argv=None):
                   f"{p.get('nsp_accuracy', float('nan')):.4f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+        meta = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(),
                 **{k: str(v) for k, v in vars(args).items()}}
         args.json.write_text(json.dumps({"meta": meta, "results": results, "mean_accuracy": mean,
                                          "pretrained_wins": wins}, indent=2) + "\n")

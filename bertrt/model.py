@@ -66,7 +66,9 @@ def attention(q, k, v, mask, p: float) -> torch.Tensor:
     """
     if p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)) + mask  # (B, nh, T, T)
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, nh, T, T)
+    if mask is not None:
+        scores = scores + mask
     return dropout(scores.softmax(-1), p, True) @ v
 
 
