@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="1,8,32", help="Throughput batch sizes.")
     ap.add_argument("--repeats", type=int, default=3, help="Timed passes per batch size.")
     ap.add_argument("--latency-n", type=int, default=100, help="Texts timed one by one for batch-1 latency.")
+    ap.add_argument("--bench-only", action="store_true", help="Reuse the artifacts already under --out/artifacts "
+                    "(from an earlier run with the same --checkpoint) and only bench them again: for runtime changes, "
+                    "or a rerun on a quieter machine.")
     ap.add_argument("--tiny", action="store_true", help="Seconds-long check: a random 2-layer model, 200 articles, "
                     "max length 64, loose gates (its numbers mean nothing).")
     args = ap.parse_args(argv)
@@ -152,16 +155,28 @@ def main(argv=None) -> int:
     short_file = write_jsonl(args.out / "data" / "short.jsonl", short_rows(test))
     (args.out / "machine.json").write_text(json.dumps(describe(args.threads), indent=1) + "\n")
 
-    ckpts = {"finetuned": finetuned(args, train_file)}
-    ckpts["pruned"] = pruned(args, ckpts["finetuned"], train_file)
-    exports = export_all(args, ckpts, train_file, test_file)
-    arts = [args.out / "artifacts" / n for n, r in exports.items() if "error" not in r]
+    if args.bench_only:
+        if not args.checkpoint:
+            ap.error("--bench-only needs --checkpoint, the reference the artifacts were exported from")
+        ckpts = {"finetuned": Path(args.checkpoint)}
+        previous = json.loads((args.out / "suite.json").read_text()) if (args.out / "suite.json").is_file() else {}
+        exports = previous.get("exports", {})
+        arts = [args.out / "artifacts" / n for n in VARIANTS if (args.out / "artifacts" / n / "bertrt.json").is_file()]
+        if not arts:
+            ap.error(f"--bench-only: no artifacts under {args.out / 'artifacts'}; run the suite without it first")
+    else:
+        ckpts = {"finetuned": finetuned(args, train_file)}
+        ckpts["pruned"] = pruned(args, ckpts["finetuned"], train_file)
+        exports = export_all(args, ckpts, train_file, test_file)
+        arts = [args.out / "artifacts" / n for n, r in exports.items() if "error" not in r]
     print("== bench", flush=True)
     cfg = BenchConfig(batch_sizes=[int(b) for b in args.batch_sizes.split(",")], threads=args.threads,
                       repeats=args.repeats, latency_n=args.latency_n, skip_refused=True,
                       limit=40 if args.tiny else None)
     doc = run_bench(arts, [test_file, short_file], args.out / "bench", cfg, reference=str(ckpts["finetuned"]),
                     force=True)
+    if args.bench_only:
+        ckpts = previous.get("checkpoints", ckpts)
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "checkpoints": {k: str(v) for k, v in
                                                                                    ckpts.items()},
                "exports": exports, "seconds": round(time.perf_counter() - t0, 1), "machine": doc["machine"]}

@@ -329,6 +329,9 @@ def bench_command(
                                                   "pruned models are judged by accuracy alone."),
     skip_refused: bool = typer.Option(False, "--skip-refused", help="Report refused artifacts as rows and time the "
                                       "rest, instead of stopping with an error."),
+    same_process: bool = typer.Option(False, "--same-process", help="Time every variant in this process instead "
+                                      "of a fresh one each (saves a few seconds of start-up per variant; the "
+                                      "numbers then depend on what ran before)."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ):
     """Check every artifact against the reference (decision agreement, accuracy), then time it beside the peers:
@@ -338,7 +341,7 @@ def bench_command(
     peer_list = None if peers == "all" else ([] if peers == "none" else [p.strip() for p in peers.split(",")])
     cfg = BenchConfig(batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"), threads=threads, repeats=repeats,
                       latency_n=latency_n, limit=limit, peers=peer_list, max_drop=max_drop,
-                      min_agreement=min_agreement, skip_refused=skip_refused)
+                      min_agreement=min_agreement, skip_refused=skip_refused, isolate=not same_process)
     run_bench(artifacts or [], data, output, cfg, reference=str(reference) if reference else None, force=force,
               log=lambda m: typer.echo(m, err=True))
     typer.echo((output / "bench.md").read_text())

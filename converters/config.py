@@ -61,6 +61,8 @@ class OptimizeConfig(_Config):
     raw_attention_mask: bool = True
     require_full_fusion: bool = True  # refuse when a layer's attention or LayerNorms did not fuse
     fp16: bool = False
+    # CPU artifacts: split SkipLayerNormalization back into Add + LayerNormalization (ORT's CPU kernel is slower)
+    split_skip_layer_norm: bool = True
     fp16_keep_fp32: list[str] = field(default_factory=lambda: list(FP16_KEEP_FP32))
 
     def __post_init__(self):

@@ -43,9 +43,13 @@ def make_session(path: str | os.PathLike, device: str = "cpu"):
             raise ExportError("parity on cuda asked, but this onnxruntime has no CUDAExecutionProvider (install "
                               "onnxruntime-gpu), or run the gates on cpu")
         providers = ["CUDAExecutionProvider"]
+    from bertrt.runtime.session import CPU_DISABLED_OPTIMIZERS
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    # the graph the runtime will run: on CPU, with the same session optimizers turned off
+    disabled = list(CPU_DISABLED_OPTIMIZERS) if device == "cpu" else []
+    sess = ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
     if sess.get_providers()[0] != providers[0]:
         raise ExportError(f"onnxruntime did not activate {providers[0]} (got {sess.get_providers()})")
     return sess

@@ -77,10 +77,12 @@ def test_fused_graph_has_one_attention_and_two_skip_layernorms_per_layer(exporte
     L = model.config.num_layers
     ops = op_counts(fused)
     assert ops["Attention"] == L
-    assert ops["SkipLayerNormalization"] == 2 * L
+    assert report["fusions"]["SkipLayerNormalization"] == 2 * L  # all fused, then split back for the CPU kernel
+    assert report["split_skip_layer_norm"] == 2 * L
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * L
     assert ops["EmbedLayerNormalization"] == 1
     assert ops["BiasGelu"] == L
-    assert ops["LayerNormalization"] == 0 and ops["Softmax"] == 0  # nothing left unfused
+    assert ops["Softmax"] == 0 and ops["ReduceMean"] == 0  # nothing left unfused
     assert report["fusions"]["Attention"] == L and report["padding"] == "any"
     raw_ops = op_counts(raw)
     assert raw_ops["Attention"] == 0 and raw_ops["MatMul"] >= 6 * L  # the fusion, not the exporter, made them
@@ -128,7 +130,7 @@ def test_pruned_layers_with_their_own_head_counts_fuse_and_match(tmp_path):
     export_onnx(model, raw, ExportConfig())
     report = optimize(raw, fused, model.config, OptimizeConfig())
     assert report["fusions"]["Attention"] == 2  # a layer with 0 heads has no attention to fuse
-    assert op_counts(fused)["SkipLayerNormalization"] == 6
+    assert report["fusions"]["SkipLayerNormalization"] == 6 and op_counts(fused)["LayerNormalization"] == 6
     batches = _batches("classify", model)
     stats = tensor_stats("classify", torch_outputs(model, batches), onnx_outputs(fused, batches, "classify"), batches)
     assert stats["logits"]["max_abs"] <= ATOL
@@ -187,3 +189,56 @@ def test_embed_decision_is_the_nearest_neighbour_with_ties_at_the_cosine_budget(
     assert agreement("embed", refs, refs, [None]) == 1.0
     assert agreement("embed", refs, outs, [None], tie=1e-4) == 0.75  # text 0 changed its neighbour
     assert agreement("embed", refs, outs, [None], tie=1e-2) == 1.0  # ...to one within the INT8 cosine budget
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_split_skip_layer_norm_computes_what_the_fused_kernel_does(bias):
+    """Add (+ bias) -> LayerNormalization gives ORT's SkipLayerNormalization outputs, the pre-norm sum included."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    from bertrt.converters.optimize import split_skip_layer_norm
+
+    rng = np.random.default_rng(0)
+    H = 24
+    inits = [numpy_helper.from_array(rng.normal(1, 0.2, H).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.normal(0, 0.2, H).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(0, 0.5, H).astype(np.float32), "bias")]
+    ins = ["x", "s", "g", "b"] + (["bias"] if bias else [])
+    nodes = [helper.make_node("SkipLayerNormalization", ins, ["y", "", "", "sum"], name="sln", domain="com.microsoft",
+                              epsilon=1e-5),
+             helper.make_node("Mul", ["sum", "y"], ["z"])]  # output 3 consumed downstream
+    io = [helper.make_tensor_value_info(n, TP.FLOAT, [2, 5, H]) for n in ("x", "s")]
+    outs = [helper.make_tensor_value_info(n, TP.FLOAT, [2, 5, H]) for n in ("y", "z")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"x": rng.normal(0, 1, (2, 5, H)).astype(np.float32), "s": rng.normal(0, 1, (2, 5, H)).astype(np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    fused = run(model)
+    assert split_skip_layer_norm(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Add"] * (1 + bias) + ["LayerNormalization", "Mul"]
+    for a, b in zip(run(model), fused):
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_runtime_keeps_the_split_layer_norms_that_onnx_runtime_would_fuse_back(exported, tmp_path):
+    """ORT's session optimizer re-fuses Add + LayerNormalization into SkipLayerNormalization unless told not to."""
+    import onnxruntime as ort
+
+    from bertrt.runtime.session import CPU_DISABLED_OPTIMIZERS
+
+    model, _, _, fused, _ = exported["classify"]
+    L = model.config.num_layers
+    counts = {}
+    for name, disabled in (("defaults", []), ("bertrt", list(CPU_DISABLED_OPTIMIZERS))):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(str(fused), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        counts[name] = op_counts(tmp_path / f"{name}.onnx")
+    assert counts["defaults"]["SkipLayerNormalization"] == 2 * L  # why the runtime turns that fusion off
+    assert counts["bertrt"]["SkipLayerNormalization"] == 0 and counts["bertrt"]["LayerNormalization"] == 2 * L

@@ -20,7 +20,8 @@ def caption(doc: dict) -> str:
     return (f"{m['cpu']} ({m['cores']} cores), {m['threads']} threads; bertrt {v['bertrt']}, onnxruntime "
             f"{v['onnxruntime']}, torch {v['torch']}, transformers {v['transformers']}; commit {m['commit']}. "
             f"Workloads - {loads}. Batch-1 latency over {s['latency_n']} texts, throughput median of "
-            f"{s['repeats']} passes per batch size; tokenization included everywhere (also shown alone). "
+            f"{s['repeats']} passes per batch size; tokenization included everywhere (also shown alone); "
+            f"{'every variant in its own fresh process' if s.get('isolate', True) else 'all variants in one process'}. "
             f"Reference: {s['reference'] or 'each artifact’s source checkpoint'}.")
 
 

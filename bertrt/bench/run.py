@@ -3,10 +3,18 @@
 Order matters: all artifacts are checked before anything is timed ("all results match, starting benchmarks"), so
 a refused artifact costs seconds, not a whole run. Each variant is loaded outside the timed regions; its peak
 memory is the resident-set growth from just before loading to the end of its timing.
+
+Each variant is timed in a fresh Python process (``python -m bertrt.bench.run JOB ROW``) unless
+``BenchConfig.isolate`` is off: in one long process the variants timed earlier leave thread pools, allocator state
+and imported libraries behind (torch's OpenMP pool beside ONNX Runtime's), and a later variant's numbers then
+depend on the order of the list.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +36,7 @@ class BenchConfig:
     max_drop: float | None = None  # None: each artifact's own parity setting
     skip_refused: bool = False  # report refused artifacts as rows instead of stopping
     progress: bool = True
+    isolate: bool = True  # time each variant in its own fresh process
 
     def __post_init__(self):
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -138,11 +147,11 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
         bar = _bar(len(jobs), cfg.progress)
         for w, kind, what, result in jobs:
             bar.set_description(f"{w.name}: {what if kind == 'peer' else Path(what).name}")
-            if kind == "bertrt":
-                row = _time_one(w, lambda: ArtifactPredictor(what, threads), cfg, result, None)
-            else:
-                ref = refs.get(Path(reference), max_length, w)
-                row = _time_peer(w, what, reference, max_length, threads, Path(tmp), cfg, ref)
+            job = {"workload": {"name": w.name, "texts": w.texts, "gold": w.gold}, "kind": kind, "what": str(what),
+                   "result": result, "reference": reference, "max_length": max_length, "threads": threads,
+                   "work": tmp, "batch_sizes": cfg.batch_sizes, "repeats": cfg.repeats, "latency_n": cfg.latency_n,
+                   "ref": refs.get(Path(reference), max_length, w) if kind == "peer" else None}
+            row = _run_isolated(job, Path(tmp)) if cfg.isolate else _run_job(job)
             rows.append(base_row(w, row.pop("name"), kind, row.pop("precision"), what if kind == "bertrt" else None)
                         | row)
             bar.update(1)
@@ -155,7 +164,7 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     doc = {"format": 1, "machine": machine,
            "settings": {"batch_sizes": cfg.batch_sizes, "repeats": cfg.repeats, "latency_n": cfg.latency_n,
                         "reference": str(reference) if reference else None, "peers": peers,
-                        "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop},
+                        "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop, "isolate": cfg.isolate},
            "workloads": [{"name": w.name, "path": str(d), "examples": len(w.texts), "max_length": max_length}
                          for w, d in zip(workloads, data)],
            "rows": rows}
@@ -164,6 +173,33 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     with atomic_dir(out, force=True) as tmp_out:  # check_writable above already refused an unforced overwrite
         write_report(doc, tmp_out)
     return doc
+
+
+def _run_job(job: dict) -> dict:
+    """Time one variant in this process; ``job`` is plain JSON (see ``run_bench``)."""
+    from .variants import ArtifactPredictor
+
+    w = G.Workload(**job["workload"])
+    cfg = BenchConfig(batch_sizes=job["batch_sizes"], repeats=job["repeats"], latency_n=job["latency_n"],
+                      progress=False)
+    if job["kind"] == "bertrt":
+        return _time_one(w, lambda: ArtifactPredictor(job["what"], job["threads"]), cfg, job["result"], None)
+    return _time_peer(w, job["what"], job["reference"], job["max_length"], job["threads"], Path(job["work"]), cfg,
+                      job["ref"])
+
+
+def _run_isolated(job: dict, tmp: Path) -> dict:
+    """``_run_job`` in a fresh interpreter; its row comes back as JSON."""
+    spec, row = tmp / "job.json", tmp / "row.json"
+    spec.write_text(json.dumps(job))
+    row.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "bertrt.bench.run", str(spec), str(row)], capture_output=True,
+                          text=True)
+    if done.returncode != 0 or not row.is_file():
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise BertrtError(f"timing {job['what']} on {job['workload']['name']} in its own process failed "
+                          f"(exit {done.returncode}):\n{tail}")
+    return json.loads(row.read_text())
 
 
 def _peer_keys():
@@ -225,3 +261,7 @@ def _ratios(rows: list[dict], batch: int) -> None:
                                               best_thr["throughput"][key]["seq_per_s"], 3),
                     "p50_peer": best_lat["variant"],
                     "p50_ratio": round(r["latency_ms"]["p50"] / best_lat["latency_ms"]["p50"], 3)}
+
+
+if __name__ == "__main__":  # one isolated timing job: python -m bertrt.bench.run JOB.json ROW.json
+    Path(sys.argv[2]).write_text(json.dumps(_run_job(json.loads(Path(sys.argv[1]).read_text()))))
