@@ -531,8 +531,9 @@ def export(
                                              "model's position limit; lower it to what you will serve."),
     opset: int = typer.Option(17, help="ONNX opset. 17 is tested; change it only for an older runtime."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ONNX Runtime's BERT fusions (Attention, "
-                                  "SkipLayerNormalization, EmbedLayerNormalization, BiasGelu). Turn off only to "
-                                  "debug a fusion problem."),
+                                  "SkipLayerNormalization, EmbedLayerNormalization, BiasGelu; on CPU the "
+                                  "SkipLayerNormalizations are then split back into Add + LayerNormalization, which "
+                                  "ONNX Runtime runs faster). Turn off only to debug a fusion problem."),
     allow_partial_fusion: bool = typer.Option(False, help="Write the artifact even when some layers did not fuse "
                                               "(recorded as a warning). By default a partial fusion is refused."),
     right_padding_only: bool = typer.Option(False, help="Let fused attention read mask lengths instead of the mask: "

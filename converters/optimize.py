@@ -78,7 +78,7 @@ def optimize(src: str | os.PathLike, dst: str | os.PathLike, model_cfg: BertConf
 
 
 def split_skip_layer_norm(model: onnx.ModelProto) -> int:
-    """Replace every SkipLayerNormalization by Add(input, skip) [+ Add(bias)] -> LayerNormalization, in place.
+    """Replace every SkipLayerNormalization by [Add(input, bias) ->] Add(skip) -> LayerNormalization, in place.
 
     Same math (x + skip + bias, then normalisation over the last axis with the node's epsilon); the optional
     outputs keep their names: mean and inverse std come from LayerNormalization's own, and the pre-normalisation
