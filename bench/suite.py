@@ -158,8 +158,8 @@ def main(argv=None) -> int:
     if args.bench_only:
         if not args.checkpoint:
             ap.error("--bench-only needs --checkpoint, the reference the artifacts were exported from")
-        ckpts = {"finetuned": Path(args.checkpoint)}
         previous = json.loads((args.out / "suite.json").read_text()) if (args.out / "suite.json").is_file() else {}
+        ckpts = {**previous.get("checkpoints", {}), "finetuned": Path(args.checkpoint)}
         exports = previous.get("exports", {})
         arts = [args.out / "artifacts" / n for n in VARIANTS if (args.out / "artifacts" / n / "bertrt.json").is_file()]
         if not arts:
@@ -175,8 +175,6 @@ def main(argv=None) -> int:
                       limit=40 if args.tiny else None)
     doc = run_bench(arts, [test_file, short_file], args.out / "bench", cfg, reference=str(ckpts["finetuned"]),
                     force=True)
-    if args.bench_only:
-        ckpts = previous.get("checkpoints", ckpts)
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "checkpoints": {k: str(v) for k, v in
                                                                                    ckpts.items()},
                "exports": exports, "seconds": round(time.perf_counter() - t0, 1), "machine": doc["machine"]}

@@ -21,7 +21,7 @@ def caption(doc: dict) -> str:
             f"{v['onnxruntime']}, torch {v['torch']}, transformers {v['transformers']}; commit {m['commit']}. "
             f"Workloads - {loads}. Batch-1 latency over {s['latency_n']} texts, throughput median of "
             f"{s['repeats']} passes per batch size; tokenization included everywhere (also shown alone); "
-            f"{'every variant in its own fresh process' if s.get('isolate', True) else 'all variants in one process'}. "
+            f"{'every variant in its own fresh process' if s.get('isolate') else 'all variants in one process'}. "
             f"Reference: {s['reference'] or 'each artifact’s source checkpoint'}.")
 
 
