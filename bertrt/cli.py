@@ -313,8 +313,9 @@ def bench_command(
                                     "offline jobs; the largest is also used for the ratios against the peers."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads for every variant and peer. Default: the "
                                           "cores this process may use; set it to what you will serve with."),
-    repeats: int = typer.Option(3, help="Timed passes over the data per batch size (median reported). Raise it on "
-                                "a noisy machine."),
+    repeats: int = typer.Option(3, help="Timing rounds. Each round times every variant in turn (one latency pass, "
+                                "one pass per batch size), so a machine that drifts slows all of them alike; "
+                                "throughput is the median round. Raise it on a noisy machine."),
     latency_n: int = typer.Option(100, help="Texts timed one by one for batch-1 latency percentiles. p99 needs "
                                   "100 or more to mean anything."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N examples of each --data file (quick "
@@ -329,9 +330,9 @@ def bench_command(
                                                   "pruned models are judged by accuracy alone."),
     skip_refused: bool = typer.Option(False, "--skip-refused", help="Report refused artifacts as rows and time the "
                                       "rest, instead of stopping with an error."),
-    same_process: bool = typer.Option(False, "--same-process", help="Time every variant in this process instead "
-                                      "of a fresh one each (saves a few seconds of start-up per variant; the "
-                                      "numbers then depend on what ran before)."),
+    same_process: bool = typer.Option(False, "--same-process", help="Load every variant into this process instead "
+                                      "of a process each (saves a few seconds of start-up per variant; the "
+                                      "numbers then depend on which libraries share the process)."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ):
     """Check every artifact against the reference (decision agreement, accuracy), then time it beside the peers:

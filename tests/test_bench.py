@@ -147,3 +147,51 @@ def test_cli_refusal_is_one_line_and_exit_1(setup, tmp_path):
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "refusing to time" in errors[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_timing_is_interleaved_in_rotating_rounds_and_failed_peers_take_no_turns(monkeypatch):
+    """Every variant is loaded first; then each round times every variant in turn (a latency pass, then one pass
+    per batch size), starting one variant later each round, so a drift of the machine reaches all of them."""
+    import bertrt.bench.run as R
+
+    events = []
+
+    class Fake:
+        def __init__(self, job):
+            self.job = job
+
+        def start(self):
+            events.append((self.job["what"], "start"))
+            if self.job["what"] == "broken":
+                return {"name": "broken", "precision": "fp32", "status": "failed", "reason": "cannot load"}
+            return {"name": self.job["what"], "precision": "fp32", "status": "timed"}
+
+        def latency(self):
+            events.append((self.job["what"], "latency"))
+            k = len([e for e in events if e == (self.job["what"], "latency")])
+            return {"total": [10.0 * k, 20.0 * k], "tok": [1.0, 1.0]}
+
+        def throughput(self, b):
+            events.append((self.job["what"], f"b{b}"))
+            return {"rate": 100.0 * len(events), "tok_s": 0.01}
+
+        def close(self):
+            events.append((self.job["what"], "close"))
+
+    monkeypatch.setattr(R, "_Timer", Fake)
+    jobs = [{"what": w, "kind": "peer", "workload": {"name": "w", "texts": ["a", "b"], "gold": ["x", "y"]}}
+            for w in ("A", "B", "broken", "C")]
+    cfg = BenchConfig(batch_sizes=[1, 4], repeats=3, isolate=False, progress=False)
+    rows = R._time_interleaved(jobs, cfg, Path("."), "w")
+    assert events[:4] == [(w, "start") for w in ("A", "B", "broken", "C")]
+    turns = [w for w, op in events[4:-4] if op == "latency"]
+    assert turns == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    for i in range(4, len(events) - 4, 3):  # each turn: latency, then every batch size
+        assert [op for _, op in events[i:i + 3]] == ["latency", "b1", "b4"]
+    assert sorted(events[-4:]) == [(w, "close") for w in ("A", "B", "C", "broken")]
+    a, b, broken, c = rows
+    assert broken["status"] == "failed" and "latency_ms" not in broken
+    assert a["latency_ms"]["n"] == 6 and a["latency_ms"]["p50"] == 25.0  # 10,20 | 20,40 | 30,60, pooled
+    assert a["throughput"]["4"]["repeats"] == 3
+    rates = [100.0 * (i + 1) for i, e in enumerate(events) if e == ("A", "b4")]
+    assert a["throughput"]["4"]["seq_per_s"] == pytest.approx(sorted(rates)[1])  # the median pass

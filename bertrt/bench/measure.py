@@ -1,4 +1,5 @@
-"""Timing and memory of any predictor: warm-up, repeats, latency percentiles, throughput per batch size.
+"""Timing and memory of any predictor: warm-up, then single timed passes (batch-1 latency; throughput per batch
+size) that ``bertrt.bench.run`` interleaves across variants, and their summaries.
 
 A predictor has ``tokenize(texts)`` (tokenization alone) and ``predict(texts, batch_size) -> labels`` (tokenization
 included, batches planned by length the same way for every variant). Model loading happens before any of this, so
@@ -24,11 +25,17 @@ def distribution(ms: list[float]) -> dict:
             "mean": round(float(a.mean()), 3), "std": round(float(a.std()), 3), "n": int(a.size)}
 
 
-def latency(predictor, texts: list[str]) -> tuple[dict, dict]:
-    """Batch-1 latency of each text, tokenization included, and tokenization alone (both in ms), after one
-    warm-up pass over the same texts (oneDNN and ONNX Runtime prepare kernels per input shape on first sight)."""
-    for t in texts:
+def warm_up(predictor, latency_texts: list[str], texts: list[str], batch_sizes: list[int]) -> None:
+    """One untimed pass per shape the timing will use: each latency text alone, then the workload at every batch
+    size (oneDNN and ONNX Runtime prepare kernels per input shape on first sight)."""
+    for t in latency_texts:
         predictor.predict([t], 1)
+    for b in batch_sizes:
+        predictor.predict(texts, b)
+
+
+def latency_pass(predictor, texts: list[str]) -> tuple[list[float], list[float]]:
+    """Batch-1 latency of each text, tokenization included, and tokenization alone (ms), one pass."""
     total, tok = [], []
     for t in texts:
         t0 = time.perf_counter()
@@ -38,26 +45,24 @@ def latency(predictor, texts: list[str]) -> tuple[dict, dict]:
         t2 = time.perf_counter()
         tok.append(1000 * (t1 - t0))
         total.append(1000 * (t2 - t1))
-    return distribution(total), distribution(tok)
+    return total, tok
 
 
-def throughput(predictor, texts: list[str], batch_size: int, repeats: int) -> dict:
-    """Sequences per second over the whole workload at ``batch_size`` (median of ``repeats`` passes after one
-    warm-up pass, which meets every batch shape once), with the std of the passes and the share spent
-    tokenizing."""
+def throughput_pass(predictor, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """One pass over the whole workload at ``batch_size``: (sequences per second, seconds tokenizing alone)."""
+    t0 = time.perf_counter()
+    predictor.tokenize(texts)
+    t1 = time.perf_counter()
     predictor.predict(texts, batch_size)
-    rates, tok_s = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        predictor.tokenize(texts)
-        t1 = time.perf_counter()
-        predictor.predict(texts, batch_size)
-        t2 = time.perf_counter()
-        tok_s.append(t1 - t0)
-        rates.append(len(texts) / (t2 - t1))
+    t2 = time.perf_counter()
+    return len(texts) / (t2 - t1), t1 - t0
+
+
+def throughput_summary(rates: list[float], tokenize_s: list[float], n_texts: int) -> dict:
+    """Median sequences per second of the passes, their std, and the share of a pass spent tokenizing."""
     median = statistics.median(rates)
-    return {"seq_per_s": round(median, 2), "std": round(statistics.pstdev(rates), 2), "repeats": repeats,
-            "tokenize_share": round(statistics.median(tok_s) * median / len(texts), 4)}
+    return {"seq_per_s": round(median, 2), "std": round(statistics.pstdev(rates), 2), "repeats": len(rates),
+            "tokenize_share": round(statistics.median(tokenize_s) * median / n_texts, 4)}
 
 
 def rss_bytes() -> int | None:

@@ -2,33 +2,41 @@
 
 Order matters: all artifacts are checked before anything is timed ("all results match, starting benchmarks"), so
 a refused artifact costs seconds, not a whole run. Each variant is loaded outside the timed regions; its peak
-memory is the resident-set growth from just before loading to the end of its timing.
+memory is the resident-set growth from just before loading to the end of one untimed pass.
 
-Each variant is timed in a fresh Python process (``python -m bertrt.bench.run JOB ROW``) unless
-``BenchConfig.isolate`` is off: in one long process the variants timed earlier leave thread pools, allocator state
-and imported libraries behind (torch's OpenMP pool beside ONNX Runtime's), and a later variant's numbers then
-depend on the order of the list.
+Timing is interleaved. Every variant of a workload is loaded and warmed up first; then ``repeats`` rounds run, and
+in each round every variant in turn does one batch-1 latency pass and one throughput pass per batch size (the
+order rotates from round to round). A shared or throttled machine drifts by tens of percent over minutes; timed one
+after the other, a variant measured in a slow spell would lose to one measured in a fast spell, and the ratios
+against the peers would report the weather. Interleaved, a drift reaches every variant alike.
+
+Each variant lives in its own Python process (``python -m bertrt.bench.run --worker``) unless
+``BenchConfig.isolate`` is off: in one process, the variants loaded together share thread pools, allocator state
+and imported libraries (torch's OpenMP pool beside ONNX Runtime's), and a variant's numbers then depend on its
+neighbours. Only one process runs at a time; the others wait on a pipe.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BenchGateError, BertrtError
 from . import gate as G
-from .measure import PeakRSS, latency, throughput
+from .measure import PeakRSS, distribution, latency_pass, throughput_pass, throughput_summary, warm_up
 
 
 @dataclass
 class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     threads: int | None = None  # None: the cores this process may use
-    repeats: int = 3  # timed passes over the workload per batch size
+    repeats: int = 3  # rounds: each times one latency pass and one pass per batch size of every variant
     latency_n: int = 100  # texts timed one at a time for batch-1 latency
     limit: int | None = None  # use only the first N examples of each workload
     peers: list[str] | None = None  # None: every peer (with a reference); [] none
@@ -36,7 +44,7 @@ class BenchConfig:
     max_drop: float | None = None  # None: each artifact's own parity setting
     skip_refused: bool = False  # report refused artifacts as rows instead of stopping
     progress: bool = True
-    isolate: bool = True  # time each variant in its own fresh process
+    isolate: bool = True  # each variant in its own process
 
     def __post_init__(self):
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -142,20 +150,18 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
 
     peers = (cfg.peers if cfg.peers is not None else list(_peer_keys())) if reference else []
     with tempfile.TemporaryDirectory(prefix="bertrt-bench-") as tmp:
-        jobs = [(w, "bertrt", path, result) for w, path, result in plan]
-        jobs += [(w, "peer", key, None) for w in workloads for key in peers]
-        bar = _bar(len(jobs), cfg.progress)
-        for w, kind, what, result in jobs:
-            bar.set_description(f"{w.name}: {what if kind == 'peer' else Path(what).name}")
-            job = {"workload": {"name": w.name, "texts": w.texts, "gold": w.gold}, "kind": kind, "what": str(what),
-                   "result": result, "reference": reference, "max_length": max_length, "threads": threads,
-                   "work": tmp, "batch_sizes": cfg.batch_sizes, "repeats": cfg.repeats, "latency_n": cfg.latency_n,
-                   "ref": refs.get(Path(reference), max_length, w) if kind == "peer" else None}
-            row = _run_isolated(job, Path(tmp)) if cfg.isolate else _run_job(job)
-            rows.append(base_row(w, row.pop("name"), kind, row.pop("precision"), what if kind == "bertrt" else None)
-                        | row)
-            bar.update(1)
-        bar.close()
+        for w in workloads:
+            jobs = [{"kind": "bertrt", "what": str(path), "result": result, "ref": None}
+                    for ww, path, result in plan if ww is w]
+            jobs += [{"kind": "peer", "what": key, "result": None, "ref": refs.get(Path(reference), max_length, w)}
+                     for key in peers]
+            for job in jobs:
+                job |= {"workload": {"name": w.name, "texts": w.texts, "gold": w.gold}, "reference": reference,
+                        "max_length": max_length, "threads": threads, "work": tmp, "batch_sizes": cfg.batch_sizes,
+                        "latency_n": cfg.latency_n}
+            for job, row in zip(jobs, _time_interleaved(jobs, cfg, Path(tmp), w.name)):
+                rows.append(base_row(w, row.pop("name"), job["kind"], row.pop("precision"),
+                                     job["what"] if job["kind"] == "bertrt" else None) | row)
     order = {str(a): i for i, a in enumerate(manifests)} | {NAMES[k]: len(manifests) + i for i, k in
                                                              enumerate(peers)}
     loads = [w.name for w in workloads]
@@ -175,31 +181,172 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     return doc
 
 
-def _run_job(job: dict) -> dict:
-    """Time one variant in this process; ``job`` is plain JSON (see ``run_bench``)."""
-    from .variants import ArtifactPredictor
-
-    w = G.Workload(**job["workload"])
-    cfg = BenchConfig(batch_sizes=job["batch_sizes"], repeats=job["repeats"], latency_n=job["latency_n"],
-                      progress=False)
-    if job["kind"] == "bertrt":
-        return _time_one(w, lambda: ArtifactPredictor(job["what"], job["threads"]), cfg, job["result"], None)
-    return _time_peer(w, job["what"], job["reference"], job["max_length"], job["threads"], Path(job["work"]), cfg,
-                      job["ref"])
+SETTLE_S = 0.2  # pause before a process takes its turn: the one before it stops spinning its thread pool first
 
 
-def _run_isolated(job: dict, tmp: Path) -> dict:
-    """``_run_job`` in a fresh interpreter; its row comes back as JSON."""
-    spec, row = tmp / "job.json", tmp / "row.json"
-    spec.write_text(json.dumps(job))
-    row.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "bertrt.bench.run", str(spec), str(row)], capture_output=True,
-                          text=True)
-    if done.returncode != 0 or not row.is_file():
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise BertrtError(f"timing {job['what']} on {job['workload']['name']} in its own process failed "
-                          f"(exit {done.returncode}):\n{tail}")
-    return json.loads(row.read_text())
+def _time_interleaved(jobs: list[dict], cfg: BenchConfig, tmp: Path, label: str) -> list[dict]:
+    """Load and warm up every job's variant, time them in ``cfg.repeats`` interleaved rounds, return their rows
+    (in the order of ``jobs``)."""
+    timers = []
+    bar = _bar(len(jobs) * (1 + cfg.repeats), cfg.progress)
+    try:
+        for job in jobs:
+            what = Path(job["what"]).name if job["kind"] == "bertrt" else job["what"]
+            bar.set_description(f"{label}: loading {what}")
+            timers.append(_Process(job, tmp) if cfg.isolate else _Timer(job))
+            timers[-1].row = timers[-1].start()
+            bar.update(1)
+        active = [t for t in timers if t.row["status"] == "timed"]
+        bar.update((len(jobs) - len(active)) * cfg.repeats)  # failed peers take no turns
+        samples = {id(t): {"lat": [], "tok": [], "rates": {b: [] for b in cfg.batch_sizes},
+                           "tok_s": {b: [] for b in cfg.batch_sizes}} for t in active}
+        for r in range(cfg.repeats):
+            bar.set_description(f"{label}: round {r + 1}/{cfg.repeats}")
+            k = r % len(active) if active else 0
+            for t in active[k:] + active[:k]:
+                if cfg.isolate:
+                    time.sleep(SETTLE_S)
+                got, out = t.latency(), samples[id(t)]
+                out["lat"] += got["total"]
+                out["tok"] += got["tok"]
+                for b in cfg.batch_sizes:
+                    got = t.throughput(b)
+                    out["rates"][b].append(got["rate"])
+                    out["tok_s"][b].append(got["tok_s"])
+                bar.update(1)
+        for t in active:
+            got, n = samples[id(t)], len(t.job["workload"]["texts"])
+            t.row |= {"latency_ms": distribution(got["lat"]), "tokenize_ms": distribution(got["tok"]),
+                      "throughput": {str(b): throughput_summary(got["rates"][b], got["tok_s"][b], n)
+                                     for b in cfg.batch_sizes}}
+        return [t.row for t in timers]
+    finally:
+        for t in timers:
+            t.close()
+        bar.close()
+
+
+class _Timer:
+    """One variant in this process: ``start`` loads it (memory sampled), checks its predictions and warms it up;
+    ``latency`` and ``throughput`` time one pass each."""
+
+    def __init__(self, job: dict):
+        self.job, self.p = job, None
+        self.w = G.Workload(**job["workload"])
+
+    def start(self) -> dict:
+        job, w = self.job, self.w
+        if job["kind"] == "bertrt":
+            from .variants import ArtifactPredictor
+
+            factory = lambda: ArtifactPredictor(job["what"], job["threads"])  # noqa: E731
+        else:
+            from .peers import NAMES, PRECISION, make_peer
+
+            factory = lambda: make_peer(job["what"], job["reference"], job["max_length"], job["threads"],  # noqa
+                                        Path(job["work"]))
+        # Memory is sampled (a thread reading /proc every 5 ms) while loading and over one untimed pass at the
+        # largest batch, never during timing: on a 2-core machine the sampler's wake-ups cost a 2-thread ONNX
+        # Runtime batch-1 call over a millisecond (measured: 6.9 ms p50 sampled vs 5.4 ms not, same artifact).
+        try:
+            with PeakRSS() as mem:
+                self.p = factory()
+                preds = self.p.predict(w.texts, job["batch_sizes"][-1])
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # e.g. a pruned checkpoint transformers can't load
+            if job["kind"] == "bertrt":
+                raise
+            return {"name": NAMES[job["what"]], "precision": PRECISION[job["what"]], "status": "failed",
+                    "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        # peers have no gate: report how they agree with the reference
+        result = job["result"] if job["result"] is not None else G.check(preds, job["ref"], w.gold, None)
+        warm_up(self.p, w.texts[:job["latency_n"]], w.texts, job["batch_sizes"])
+        return {"name": self.p.name, "precision": self.p.precision, "status": "timed", "reason": None,
+                "accuracy": result["accuracy"], "agreement": result["agreement"], "drop": result["drop"],
+                "gate": result.get("gate"), "peak_mb": mem.delta_mb, "size_mb": self.p.size_mb}
+
+    def latency(self) -> dict:
+        total, tok = latency_pass(self.p, self.w.texts[:self.job["latency_n"]])
+        return {"total": total, "tok": tok}
+
+    def throughput(self, batch_size: int) -> dict:
+        rate, tok_s = throughput_pass(self.p, self.w.texts, batch_size)
+        return {"rate": rate, "tok_s": tok_s}
+
+    def close(self) -> None:
+        self.p = None
+
+
+class _Process:
+    """``_Timer`` in a fresh interpreter, driven over a pipe: one JSON line per call and per answer."""
+
+    def __init__(self, job: dict, tmp: Path):
+        self.job = job
+        fd, name = tempfile.mkstemp(dir=tmp, suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(job, f)
+        spec = Path(name)
+        self.stderr = open(spec.with_suffix(".log"), "w+")  # a file, not a pipe: a chatty library cannot block it
+        self.proc = subprocess.Popen([sys.executable, "-m", "bertrt.bench.run", "--worker", str(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+
+    def _call(self, op: str, **args) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        reply = json.loads(line) if line else None
+        if reply is None or "error" in reply:
+            self.stderr.seek(0)
+            tail = "\n".join(self.stderr.read().strip().splitlines()[-15:])
+            why = reply["error"] if reply else f"the process ended (exit {self.proc.poll()})"
+            raise BertrtError(f"timing {self.job['what']} on {self.job['workload']['name']} in its own process "
+                              f"failed: {why}\n{tail}")
+        return reply
+
+    def start(self) -> dict:
+        return self._call("start")
+
+    def latency(self) -> dict:
+        return self._call("latency")
+
+    def throughput(self, batch_size: int) -> dict:
+        return self._call("throughput", batch=batch_size)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # the worker exits at end of input
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def _worker(spec: str) -> None:
+    """The process side of ``_Process``: answers on the original stdout; anything else printed goes to stderr."""
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # library output written to fd 1 (C or Python) must not corrupt the answers
+    sys.stdout = sys.stderr
+    timer = _Timer(json.loads(Path(spec).read_text()))
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            if msg["op"] == "start":
+                reply = timer.start()
+            elif msg["op"] == "latency":
+                reply = timer.latency()
+            else:
+                reply = timer.throughput(int(msg["batch"]))
+        except Exception as e:  # reported by the parent with this process's stderr
+            import traceback
+
+            traceback.print_exc()
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        answers.write(json.dumps(reply) + "\n")
+        answers.flush()
 
 
 def _peer_keys():
@@ -212,35 +359,6 @@ def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="variant", disable=not enabled, dynamic_ncols=True)
-
-
-def _time_one(w, factory, cfg: BenchConfig, result: dict | None, ref: list[str] | None) -> dict:
-    # Memory is sampled (a thread reading /proc every 5 ms) while loading and over one untimed pass at the largest
-    # batch, never during timing: on a 2-core machine the sampler's wake-ups cost a 2-thread ONNX Runtime batch-1
-    # call over a millisecond (measured: 6.9 ms p50 sampled vs 5.4 ms not, for the same artifact).
-    with PeakRSS() as mem:
-        p = factory()
-        preds = p.predict(w.texts, cfg.batch_sizes[-1])
-    if result is None:  # peers: report how they agree with the reference; they have no gate
-        result = G.check(preds, ref, w.gold, None)
-    lat, tok = latency(p, w.texts[:cfg.latency_n])
-    thr = {str(b): throughput(p, w.texts, b, cfg.repeats) for b in cfg.batch_sizes}
-    row = {"name": p.name, "precision": p.precision, "status": "timed", "reason": None,
-           "accuracy": result["accuracy"], "agreement": result["agreement"], "drop": result["drop"],
-           "gate": result.get("gate"), "latency_ms": lat, "tokenize_ms": tok, "throughput": thr,
-           "peak_mb": mem.delta_mb, "size_mb": p.size_mb}
-    del p
-    return row
-
-
-def _time_peer(w, key, reference, max_length, threads, work, cfg, ref) -> dict:
-    from .peers import NAMES, PRECISION, make_peer
-
-    try:
-        return _time_one(w, lambda: make_peer(key, reference, max_length, threads, work), cfg, None, ref)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:  # e.g. a pruned checkpoint transformers cannot load
-        return {"name": NAMES[key], "precision": PRECISION[key], "status": "failed",
-                "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
 
 
 def _ratios(rows: list[dict], batch: int) -> None:
@@ -263,5 +381,5 @@ def _ratios(rows: list[dict], batch: int) -> None:
                     "p50_ratio": round(r["latency_ms"]["p50"] / best_lat["latency_ms"]["p50"], 3)}
 
 
-if __name__ == "__main__":  # one isolated timing job: python -m bertrt.bench.run JOB.json ROW.json
-    Path(sys.argv[2]).write_text(json.dumps(_run_job(json.loads(Path(sys.argv[1]).read_text()))))
+if __name__ == "__main__":  # one variant's process: python -m bertrt.bench.run --worker JOB.json
+    _worker(sys.argv[2])
