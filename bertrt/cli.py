@@ -251,7 +251,9 @@ def prune_command(
                                  "you want the plain mask-search result (e.g. to measure what rescaling adds)."),
     recover_epochs: float = typer.Option(0, "--recover-epochs", help="After pruning, fine-tune for this many "
                                          "epochs over --data with distillation from the unpruned model. 0 skips it; "
-                                         "1-3 usually win back most of what a low --keep-flops loses."),
+                                         "1-3 usually win back most of what a low --keep-flops loses. Recovery "
+                                         "learns only the kinds of text --data holds: if you will serve short "
+                                         "texts too, add some (e.g. headlines of the training articles)."),
     recover_lr: float = typer.Option(3e-5, help="Peak learning rate of the recovery fine-tuning; lower it if the "
                                      "recovery loss rises."),
     force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
@@ -313,9 +315,10 @@ def bench_command(
                                     "offline jobs; the largest is also used for the ratios against the peers."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads for every variant and peer. Default: the "
                                           "cores this process may use; set it to what you will serve with."),
-    repeats: int = typer.Option(3, help="Timing rounds. Each round times every variant in turn (one latency pass, "
-                                "one pass per batch size), so a machine that drifts slows all of them alike; "
-                                "throughput is the median round. Raise it on a noisy machine."),
+    repeats: int = typer.Option(3, help="Timing rounds. A round is one latency pass and one pass per batch size "
+                                "of every variant, in short turns that go round all of them, so a machine that "
+                                "drifts slows all alike; throughput is the median round. Raise it on a noisy "
+                                "machine."),
     latency_n: int = typer.Option(100, help="Texts timed one by one for batch-1 latency percentiles. p99 needs "
                                   "100 or more to mean anything."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N examples of each --data file (quick "

@@ -149,12 +149,14 @@ def test_cli_refusal_is_one_line_and_exit_1(setup, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_timing_is_interleaved_in_rotating_rounds_and_failed_peers_take_no_turns(monkeypatch):
-    """Every variant is loaded first; then each round times every variant in turn (a latency pass, then one pass
-    per batch size), starting one variant later each round, so a drift of the machine reaches all of them."""
+def test_timing_is_interleaved_in_short_turns_and_rotating_rounds_and_failed_peers_take_no_turns(monkeypatch):
+    """Every variant is loaded first; then each turn (a few latency texts, or a few batches) goes round every
+    variant before the next starts, and each round starts one variant later, so a drift of the machine reaches all
+    of them alike. Throughput turns take the texts shortest first."""
     import bertrt.bench.run as R
 
     events = []
+    texts = [f"text {'x' * (i * 7 % 23)}" for i in range(25)]
 
     class Fake:
         def __init__(self, job):
@@ -166,32 +168,59 @@ def test_timing_is_interleaved_in_rotating_rounds_and_failed_peers_take_no_turns
                 return {"name": "broken", "precision": "fp32", "status": "failed", "reason": "cannot load"}
             return {"name": self.job["what"], "precision": "fp32", "status": "timed"}
 
-        def latency(self):
-            events.append((self.job["what"], "latency"))
-            k = len([e for e in events if e == (self.job["what"], "latency")])
-            return {"total": [10.0 * k, 20.0 * k], "tok": [1.0, 1.0]}
+        def latency(self, lo, hi):
+            events.append((self.job["what"], "latency", lo, hi))
+            return {"total": [float(i) for i in range(lo, hi)], "tok": [0.5] * (hi - lo)}
 
-        def throughput(self, b):
-            events.append((self.job["what"], f"b{b}"))
-            return {"rate": 100.0 * len(events), "tok_s": 0.01}
+        def throughput(self, b, lo, hi):
+            events.append((self.job["what"], f"b{b}", lo, hi))
+            return {"seconds": (hi - lo) / (100.0 if self.job["what"] == "A" else 50.0), "tok_s": 0.01}
 
         def close(self):
             events.append((self.job["what"], "close"))
 
     monkeypatch.setattr(R, "_Timer", Fake)
-    jobs = [{"what": w, "kind": "peer", "workload": {"name": "w", "texts": ["a", "b"], "gold": ["x", "y"]}}
+    monkeypatch.setattr(R, "LATENCY_TURN", 4)
+    monkeypatch.setattr(R, "THROUGHPUT_TURN", 10)
+    jobs = [{"what": w, "kind": "peer", "workload": {"name": "w", "texts": texts, "gold": ["x"] * 25}}
             for w in ("A", "B", "broken", "C")]
-    cfg = BenchConfig(batch_sizes=[1, 4], repeats=3, isolate=False, progress=False)
+    cfg = BenchConfig(batch_sizes=[1, 4], repeats=2, latency_n=6, isolate=False, progress=False)
     rows = R._time_interleaved(jobs, cfg, Path("."), "w")
     assert events[:4] == [(w, "start") for w in ("A", "B", "broken", "C")]
-    turns = [w for w, op in events[4:-4] if op == "latency"]
-    assert turns == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
-    for i in range(4, len(events) - 4, 3):  # each turn: latency, then every batch size
-        assert [op for _, op in events[i:i + 3]] == ["latency", "b1", "b4"]
+    timed = events[4:-4]
+    per_round = len(timed) // 2
+    first, second = timed[:per_round], timed[per_round:]
+    # round 1: latency turns [0,4) then [4,6), each through A, B, C; then batch 1 in turns of 10, batch 4 of 12
+    assert [(w, op) for w, op, *_ in first[:6]] == [(v, "latency") for v in "ABCABC"]
+    assert [lohi for _, _, *lohi in first[:6]] == [[0, 4]] * 3 + [[4, 6]] * 3
+    b1 = [(w, lo, hi) for w, op, lo, hi in first if op == "b1"]
+    assert b1 == [(v, lo, min(25, lo + 10)) for lo in (0, 10, 20) for v in "ABC"]
+    b4 = [(w, lo, hi) for w, op, lo, hi in first if op == "b4"]
+    assert b4 == [(v, lo, min(25, lo + 12)) for lo in (0, 12, 24) for v in "ABC"]
+    assert [w for w, *_ in second[:3]] == ["B", "C", "A"]  # the next round starts one variant later
+    assert "broken" not in {e[0] for e in timed}
     assert sorted(events[-4:]) == [(w, "close") for w in ("A", "B", "C", "broken")]
     a, b, broken, c = rows
     assert broken["status"] == "failed" and "latency_ms" not in broken
-    assert a["latency_ms"]["n"] == 6 and a["latency_ms"]["p50"] == 25.0  # 10,20 | 20,40 | 30,60, pooled
-    assert a["throughput"]["4"]["repeats"] == 3
-    rates = [100.0 * (i + 1) for i, e in enumerate(events) if e == ("A", "b4")]
-    assert a["throughput"]["4"]["seq_per_s"] == pytest.approx(sorted(rates)[1])  # the median pass
+    assert a["latency_ms"]["n"] == 12 and a["latency_ms"]["p50"] == 2.5  # 0..5 twice, pooled over the rounds
+    assert a["throughput"]["4"] == {"seq_per_s": 100.0, "std": 0.0, "repeats": 2, "tokenize_share": 0.12}
+    assert b["throughput"]["1"]["seq_per_s"] == 50.0
+
+
+def test_throughput_turns_take_the_workload_shortest_first():
+    import bertrt.bench.run as R
+
+    seen = []
+
+    class P:
+        def tokenize(self, texts):
+            pass
+
+        def predict(self, texts, b):
+            seen.append(list(texts))
+
+    t = R._Timer({"workload": {"name": "w", "texts": ["ccc", "a", "bb", "dddd"], "gold": ["x"] * 4}})
+    t.p = P()
+    t.throughput(2, 0, 2)
+    t.throughput(2, 2, 4)
+    assert seen == [["a", "bb"], ["ccc", "dddd"]]

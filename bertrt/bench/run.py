@@ -4,11 +4,12 @@ Order matters: all artifacts are checked before anything is timed ("all results 
 a refused artifact costs seconds, not a whole run. Each variant is loaded outside the timed regions; its peak
 memory is the resident-set growth from just before loading to the end of one untimed pass.
 
-Timing is interleaved. Every variant of a workload is loaded and warmed up first; then ``repeats`` rounds run, and
-in each round every variant in turn does one batch-1 latency pass and one throughput pass per batch size (the
-order rotates from round to round). A shared or throttled machine drifts by tens of percent over minutes; timed one
-after the other, a variant measured in a slow spell would lose to one measured in a fast spell, and the ratios
-against the peers would report the weather. Interleaved, a drift reaches every variant alike.
+Timing is interleaved. Every variant of a workload is loaded and warmed up first; then ``repeats`` rounds run. A
+round is one batch-1 latency pass and one throughput pass per batch size for every variant, cut into turns of a
+second or so that go round all the variants before the next turn starts (``_time_interleaved``). This VM's speed
+swings by up to 2x within a minute; timed one after the other, a variant caught in a slow spell would lose to one
+timed in a fast spell, and the ratios against the peers would report the weather. Interleaved this finely, every
+variant meets the same spells.
 
 Each variant lives in its own Python process (``python -m bertrt.bench.run --worker``) unless
 ``BenchConfig.isolate`` is off: in one process, the variants loaded together share thread pools, allocator state
@@ -36,7 +37,7 @@ from .measure import PeakRSS, distribution, latency_pass, throughput_pass, throu
 class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     threads: int | None = None  # None: the cores this process may use
-    repeats: int = 3  # rounds: each times one latency pass and one pass per batch size of every variant
+    repeats: int = 3  # rounds; each is a latency pass and one pass per batch size of every variant
     latency_n: int = 100  # texts timed one at a time for batch-1 latency
     limit: int | None = None  # use only the first N examples of each workload
     peers: list[str] | None = None  # None: every peer (with a reference); [] none
@@ -181,14 +182,23 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     return doc
 
 
-SETTLE_S = 0.2  # pause before a process takes its turn: the one before it stops spinning its thread pool first
+SETTLE_S = 0.03  # pause before a process takes its turn: the one before stops spinning its thread pool (~1 ms)
+LATENCY_TURN = 10  # batch-1 texts a variant times per turn
+THROUGHPUT_TURN = 64  # texts a variant predicts per turn (rounded up to whole batches)
 
 
 def _time_interleaved(jobs: list[dict], cfg: BenchConfig, tmp: Path, label: str) -> list[dict]:
     """Load and warm up every job's variant, time them in ``cfg.repeats`` interleaved rounds, return their rows
-    (in the order of ``jobs``)."""
+    (in the order of ``jobs``).
+
+    Within a round the work is cut into short turns, and each turn passes through every variant before the next
+    begins: ``LATENCY_TURN`` latency texts, then for each batch size about ``THROUGHPUT_TURN`` texts (whole
+    batches; the workload sorted by length first, so that the turns bucket by length as one pass would). A turn
+    lasts well under a second to a few seconds, shorter than this VM's speed swings, so every variant meets the
+    same spell. The variant that goes first rotates from round to round.
+    """
     timers = []
-    bar = _bar(len(jobs) * (1 + cfg.repeats), cfg.progress)
+    bar = _bar(len(jobs) + cfg.repeats, cfg.progress)
     try:
         for job in jobs:
             what = Path(job["what"]).name if job["kind"] == "bertrt" else job["what"]
@@ -197,25 +207,36 @@ def _time_interleaved(jobs: list[dict], cfg: BenchConfig, tmp: Path, label: str)
             timers[-1].row = timers[-1].start()
             bar.update(1)
         active = [t for t in timers if t.row["status"] == "timed"]
-        bar.update((len(jobs) - len(active)) * cfg.repeats)  # failed peers take no turns
+        n = len(jobs[0]["workload"]["texts"]) if jobs else 0
+        n_lat = min(n, cfg.latency_n)
         samples = {id(t): {"lat": [], "tok": [], "rates": {b: [] for b in cfg.batch_sizes},
                            "tok_s": {b: [] for b in cfg.batch_sizes}} for t in active}
+
+        def turns(step: int, total: int, op: str, *args):
+            """Every variant does [lo, lo + step) in turn, for each lo; returns the answers per variant."""
+            got = {id(t): [] for t in active}
+            for lo in range(0, total, step):
+                for t in order:
+                    if cfg.isolate:
+                        time.sleep(SETTLE_S)
+                    got[id(t)].append(getattr(t, op)(*args, lo, min(total, lo + step)))
+            return got
+
         for r in range(cfg.repeats):
             bar.set_description(f"{label}: round {r + 1}/{cfg.repeats}")
             k = r % len(active) if active else 0
-            for t in active[k:] + active[:k]:
-                if cfg.isolate:
-                    time.sleep(SETTLE_S)
-                got, out = t.latency(), samples[id(t)]
-                out["lat"] += got["total"]
-                out["tok"] += got["tok"]
-                for b in cfg.batch_sizes:
-                    got = t.throughput(b)
-                    out["rates"][b].append(got["rate"])
-                    out["tok_s"][b].append(got["tok_s"])
-                bar.update(1)
+            order = active[k:] + active[:k]
+            for tid, answers in turns(LATENCY_TURN, n_lat, "latency").items():
+                samples[tid]["lat"] += [ms for a in answers for ms in a["total"]]
+                samples[tid]["tok"] += [ms for a in answers for ms in a["tok"]]
+            for b in cfg.batch_sizes:
+                step = b * -(-THROUGHPUT_TURN // b)
+                for tid, answers in turns(step, n, "throughput", b).items():
+                    samples[tid]["rates"][b].append(n / sum(a["seconds"] for a in answers))
+                    samples[tid]["tok_s"][b].append(sum(a["tok_s"] for a in answers))
+            bar.update(1)
         for t in active:
-            got, n = samples[id(t)], len(t.job["workload"]["texts"])
+            got = samples[id(t)]
             t.row |= {"latency_ms": distribution(got["lat"]), "tokenize_ms": distribution(got["tok"]),
                       "throughput": {str(b): throughput_summary(got["rates"][b], got["tok_s"][b], n)
                                      for b in cfg.batch_sizes}}
@@ -231,7 +252,7 @@ class _Timer:
     ``latency`` and ``throughput`` time one pass each."""
 
     def __init__(self, job: dict):
-        self.job, self.p = job, None
+        self.job, self.p, self.by_length = job, None, None
         self.w = G.Workload(**job["workload"])
 
     def start(self) -> dict:
@@ -264,13 +285,15 @@ class _Timer:
                 "accuracy": result["accuracy"], "agreement": result["agreement"], "drop": result["drop"],
                 "gate": result.get("gate"), "peak_mb": mem.delta_mb, "size_mb": self.p.size_mb}
 
-    def latency(self) -> dict:
-        total, tok = latency_pass(self.p, self.w.texts[:self.job["latency_n"]])
+    def latency(self, lo: int, hi: int) -> dict:
+        total, tok = latency_pass(self.p, self.w.texts[lo:hi])
         return {"total": total, "tok": tok}
 
-    def throughput(self, batch_size: int) -> dict:
-        rate, tok_s = throughput_pass(self.p, self.w.texts, batch_size)
-        return {"rate": rate, "tok_s": tok_s}
+    def throughput(self, batch_size: int, lo: int, hi: int) -> dict:
+        if self.by_length is None:  # turns take the workload shortest first, as one length-bucketed pass would
+            self.by_length = sorted(self.w.texts, key=len)
+        seconds, tok_s = throughput_pass(self.p, self.by_length[lo:hi], batch_size)
+        return {"seconds": seconds, "tok_s": tok_s}
 
     def close(self) -> None:
         self.p = None
@@ -308,11 +331,11 @@ class _Process:
     def start(self) -> dict:
         return self._call("start")
 
-    def latency(self) -> dict:
-        return self._call("latency")
+    def latency(self, lo: int, hi: int) -> dict:
+        return self._call("latency", lo=lo, hi=hi)
 
-    def throughput(self, batch_size: int) -> dict:
-        return self._call("throughput", batch=batch_size)
+    def throughput(self, batch_size: int, lo: int, hi: int) -> dict:
+        return self._call("throughput", batch=batch_size, lo=lo, hi=hi)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -337,9 +360,9 @@ def _worker(spec: str) -> None:
             if msg["op"] == "start":
                 reply = timer.start()
             elif msg["op"] == "latency":
-                reply = timer.latency()
+                reply = timer.latency(msg["lo"], msg["hi"])
             else:
-                reply = timer.throughput(int(msg["batch"]))
+                reply = timer.throughput(int(msg["batch"]), msg["lo"], msg["hi"])
         except Exception as e:  # reported by the parent with this process's stderr
             import traceback
 
