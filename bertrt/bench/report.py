@@ -19,9 +19,9 @@ def caption(doc: dict) -> str:
                       for w in doc["workloads"])
     return (f"{m['cpu']} ({m['cores']} cores), {m['threads']} threads; bertrt {v['bertrt']}, onnxruntime "
             f"{v['onnxruntime']}, torch {v['torch']}, transformers {v['transformers']}; commit {m['commit']}. "
-            f"Workloads - {loads}. Timed in {s['repeats']} interleaved rounds (each round times every variant in "
-            f"turn: {s['latency_n']} texts one by one for batch-1 latency, then one pass per batch size; "
-            f"throughput is the median pass); tokenization included everywhere (also shown alone); "
+            f"Workloads - {loads}. Timed in {s['repeats']} interleaved rounds, each cut into short turns that go "
+            f"round every variant ({s['latency_n']} texts one by one for batch-1 latency, one pass per batch size; "
+            f"throughput is the median round); tokenization included everywhere (also shown alone); "
             f"{'every variant in its own process' if s.get('isolate') else 'all variants in one process'}. "
             f"Reference: {s['reference'] or 'each artifact’s source checkpoint'}.")
 
