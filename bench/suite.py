@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=128, help="Truncation of every workload (tokens).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every variant and peer.")
     ap.add_argument("--batch-sizes", default="1,8,32", help="Throughput batch sizes.")
-    ap.add_argument("--repeats", type=int, default=3, help="Timed passes per batch size.")
+    ap.add_argument("--repeats", type=int, default=3, help="Timing rounds (bertrt bench --repeats): each times "
+                    "every variant once per batch size and for batch-1 latency, in short interleaved turns.")
     ap.add_argument("--latency-n", type=int, default=100, help="Texts timed one by one for batch-1 latency.")
     ap.add_argument("--bench-only", action="store_true", help="Reuse the artifacts already under --out/artifacts "
                     "(from an earlier run with the same --checkpoint) and only bench them again: for runtime changes, "

@@ -212,9 +212,10 @@ def _time_interleaved(jobs: list[dict], cfg: BenchConfig, tmp: Path, label: str)
         samples = {id(t): {"lat": [], "tok": [], "rates": {b: [] for b in cfg.batch_sizes},
                            "tok_s": {b: [] for b in cfg.batch_sizes}} for t in active}
 
-        def turns(step: int, total: int, op: str, *args):
-            """Every variant does [lo, lo + step) in turn, for each lo; returns the answers per variant."""
-            got = {id(t): [] for t in active}
+        def turns(order: list, step: int, total: int, op: str, *args):
+            """Every variant of ``order`` does [lo, lo + step) in turn, for each lo; returns the answers per
+            variant."""
+            got = {id(t): [] for t in order}
             for lo in range(0, total, step):
                 for t in order:
                     if cfg.isolate:
@@ -226,12 +227,12 @@ def _time_interleaved(jobs: list[dict], cfg: BenchConfig, tmp: Path, label: str)
             bar.set_description(f"{label}: round {r + 1}/{cfg.repeats}")
             k = r % len(active) if active else 0
             order = active[k:] + active[:k]
-            for tid, answers in turns(LATENCY_TURN, n_lat, "latency").items():
+            for tid, answers in turns(order, LATENCY_TURN, n_lat, "latency").items():
                 samples[tid]["lat"] += [ms for a in answers for ms in a["total"]]
                 samples[tid]["tok"] += [ms for a in answers for ms in a["tok"]]
             for b in cfg.batch_sizes:
                 step = b * -(-THROUGHPUT_TURN // b)
-                for tid, answers in turns(step, n, "throughput", b).items():
+                for tid, answers in turns(order, step, n, "throughput", b).items():
                     samples[tid]["rates"][b].append(n / sum(a["seconds"] for a in answers))
                     samples[tid]["tok_s"][b].append(sum(a["tok_s"] for a in answers))
             bar.update(1)
@@ -252,8 +253,9 @@ class _Timer:
     ``latency`` and ``throughput`` time one pass each."""
 
     def __init__(self, job: dict):
-        self.job, self.p, self.by_length = job, None, None
+        self.job, self.p = job, None
         self.w = G.Workload(**job["workload"])
+        self.by_length = sorted(self.w.texts, key=len)  # throughput turns: shortest first, as one bucketed pass
 
     def start(self) -> dict:
         job, w = self.job, self.w
@@ -290,8 +292,6 @@ class _Timer:
         return {"total": total, "tok": tok}
 
     def throughput(self, batch_size: int, lo: int, hi: int) -> dict:
-        if self.by_length is None:  # turns take the workload shortest first, as one length-bucketed pass would
-            self.by_length = sorted(self.w.texts, key=len)
         seconds, tok_s = throughput_pass(self.p, self.by_length[lo:hi], batch_size)
         return {"seconds": seconds, "tok_s": tok_s}
 
@@ -381,7 +381,7 @@ def _peer_keys():
 def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="variant", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True)
 
 
 def _ratios(rows: list[dict], batch: int) -> None:
