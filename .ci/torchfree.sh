@@ -23,6 +23,9 @@ present = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_s
 assert not present, f"the [cpu,serve] install pulled in {present}"
 import bertrt, bertrt.runtime, bertrt.runtime.server
 assert "site-packages" in bertrt.__file__, f"bertrt imported from {bertrt.__file__}, not the venv"
+# the converters install as bertrt.converters (sub-packages included), though they need torch to import
+spec = importlib.util.find_spec("bertrt.converters.prune")
+assert spec and "site-packages" in spec.origin, f"bertrt.converters.prune is not installed: {spec}"
 print(f"torchfree: bertrt {bertrt.__version__} imports without torch/transformers/onnx")
 PY
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+from bertrt.bench.machine import describe
 from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
 
@@ -185,28 +183,11 @@ def tiny_checkpoint(out: Path, train_file: Path) -> Path:
     return save_checkpoint(Bert(cfg), out / "tiny_ckpt", tokenizer=tok, force=True)
 
 
-def machine() -> dict:
-    import onnxruntime
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "commit": commit, "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
-
-
 def markdown(results: dict) -> str:
     m, a = results["machine"], results["args"]
     lines = [f"# BBC export benchmark\n", f"{m['cpu']}, {a['threads']} threads, commit {m['commit']}, "
-             f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; batch {a['batch_size']}, truncation "
+             f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; batch {a['batch_size']}, "
+             "truncation "
              f"{a['max_length']}, {results['test_articles']} test articles, tokenization included\n",
              "| checkpoint | variant | accuracy % | agrees with PyTorch % | seq/s (b32) | tokenize seq/s | p50 ms | "
              "p90 ms | p99 ms | MB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -259,7 +240,8 @@ def main(argv=None) -> int:
     if not checkpoints:
         ap.error("give --checkpoint NAME=DIR (or --tiny)")
 
-    results = {"machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    results = {"machine": describe(args.threads),
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "test_articles": len(texts), "rows": []}
     work = args.out / "artifacts"
     work.mkdir(exist_ok=True)

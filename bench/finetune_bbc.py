@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bertrt.bench.machine import describe
 from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
 METHODS = ("full", "lora", "adalora", "adapter", "prefix")
@@ -94,8 +93,7 @@ def main(argv=None) -> int:
     gates = check_gates(rows)
     for g in gates:
         print(("PASS " if g["ok"] else "FAIL ") + g["gate"] + f" ({g['value']})")
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": args.threads, "commit": _commit(), "max_length": args.max_length,
+    meta = {**describe(args.threads), "max_length": args.max_length,
             "batch_size": args.batch_size, "train": len(train), "test": len(test), "limit": args.limit,
             "base": str(args.base), "lora_r": args.lora_r, "lora_targets": args.lora_targets}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "gates": gates}, indent=2) + "\n")
@@ -122,7 +120,8 @@ def check_gates(rows: list[dict]) -> list[dict]:
 
 def markdown(meta: dict, rows: list[dict], gates: list[dict]) -> str:
     lines = [f"BBC News, {meta['train']} train / {meta['test']} test articles, seq {meta['max_length']}, batch "
-             f"{meta['batch_size']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}"
+             f"{meta['batch_size']}, {meta['threads']} threads, torch {meta['versions']['torch']}, "
+             f"commit {meta['commit']}"
              + (f" (LIMITED to {meta['limit']} articles: smoke test)" if meta["limit"] else ""), "",
              "| method | accuracy % | macro F1 % | trainable params | share % | epochs | lr | train s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -131,14 +130,6 @@ def markdown(meta: dict, rows: list[dict], gates: list[dict]) -> str:
                      f"{r['share']:.2f} | {r['epochs']:g} | {r['lr']:g} | {r['train_s']:.0f} |")
     lines += [""] + [f"- {'PASS' if g['ok'] else 'FAIL'}: {g['gate']} ({g['value']})" for g in gates]
     return "\n".join(lines) + "\n"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -102,6 +101,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from bertrt import Runtime
+    from bertrt.bench.machine import describe
 
     available = ort.get_available_providers()
     print(f"onnxruntime {ort.__version__}, providers available: {', '.join(available)}")
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         fp32 = build_artifact("classify", tmp / "fp32")
     fp16 = args.fp16 or fp16_copy(fp32, tmp / "fp16")
 
-    failures, rows, report = [], [], {"machine": platform.node(), "onnxruntime": ort.__version__, "checks": {}}
+    failures, rows, report = [], [], {"machine": describe(None), "onnxruntime": ort.__version__, "checks": {}}
     reference = Runtime(fp32, device="cpu")
     ref_out = reference.predict(TEXTS)
     for name, art, tol, agree in (("fp32", fp32, 1e-4, 1.0), ("fp16", fp16, 2e-2, 0.95)):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bertrt.bench.machine import cpu_model
+from bertrt.bench.machine import describe
 from bertrt.data.bbc import bbc_split, write_jsonl
 
 
@@ -143,7 +143,7 @@ def main(argv=None):
                   f"{p.get('nsp_accuracy', float('nan')):.4f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(),
+        meta = {**describe(args.threads),
                 **{k: str(v) for k, v in vars(args).items()}}
         args.json.write_text(json.dumps({"meta": meta, "results": results, "mean_accuracy": mean,
                                          "pretrained_wins": wins}, indent=2) + "\n")

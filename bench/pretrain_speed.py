@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertrt.bench.machine import cpu_model
+from bertrt.bench.machine import describe
 
 VOCAB, LAYERS, HIDDEN, HEADS, FFN = 30522, 4, 256, 4, 1024
 CLS, SEP, MASK, FIRST_NORMAL = 101, 102, 103, 999  # BERT's ids; normal tokens drawn from [999, VOCAB)
@@ -217,10 +216,7 @@ def main(argv=None):
         rows.append({"impl": name, "precision": precision, **summarize(speeds)})
 
     base = {r["precision"]: r["median"] for r in rows if r["impl"] == "hf"}
-    import transformers
-
-    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_model(), "cores": os.cpu_count(), "batch": args.batch_size,
+    meta = {**describe(torch.get_num_threads()), "batch": args.batch_size,
             "seq_len": args.seq_len, "shape": f"{LAYERS}L/{HIDDEN}H/{HEADS}A/FFN{FFN}/vocab{VOCAB}"}
     print(f"\n{meta}\n")
     print("| implementation | precision | tokens/s median | p10 | p90 | vs HF |")

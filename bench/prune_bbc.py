@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bertrt.bench.machine import describe
 from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
 TARGETS = "keep 0.6: drop <= 1.0 pt (no recovery), <= 0.5 pt (recovery); fp32 >= 1.4x; pruned+int8 >= 2.5x at <= 1.0"
@@ -68,35 +67,28 @@ def finetuned_checkpoint(args, train_file: Path, test_file: Path) -> Path:
 
 
 def build_variants(args, base: Path, train_file: Path) -> list[dict]:
-    """Prune (and recover) into checkpoints; returns rows with the checkpoint path and pruning facts."""
-    from bertrt.checkpoint import load_checkpoint
-    from bertrt.converters.prune import PruneConfig, prune, save_pruned
-    from bertrt.converters.prune_data import load_prune_data, read_features
-    from bertrt.converters.prune_recover import RecoverConfig, recover
-    from bertrt.tokenizer import load_tokenizer
+    """Prune (and, separately, prune and recover) into checkpoints; rows with the checkpoint path and pruning facts.
 
-    model, tok = load_checkpoint(base), load_tokenizer(base)
-    flops0 = model.config.flops_per_token(args.max_length)
-    rows = [{"name": "unpruned", "keep": 1.0, "checkpoint": str(base), "flops": flops0,
-             "heads": sum(model.config.num_heads), "ffn": sum(model.config.ffn_sizes), "prune_s": 0.0}]
-    batches = load_prune_data(train_file, model.config, tok, args.max_length, 16, args.max_examples)
-    features = read_features(train_file, model.config, tok, args.max_length) if args.recover_epochs else None
+    Each variant is one ``prune_checkpoint`` call, so the recovered one ranks heads and neurons again (the same
+    data and seed give the same masks) and its ``prune_s`` is the whole stage's time."""
+    from bertrt.checkpoint import read_config
+    from bertrt.converters.prune import PruneConfig, RecoverConfig, prune_checkpoint
+
+    cfg, _ = read_config(base)
+    rows = [{"name": "unpruned", "keep": 1.0, "checkpoint": str(base), "flops": cfg.flops_per_token(args.max_length),
+             "heads": sum(cfg.num_heads), "ffn": sum(cfg.ffn_sizes), "prune_s": 0.0}]
+    recoveries = [("", None)] + ([(" + recovery", RecoverConfig(epochs=args.recover_epochs))]
+                                 if args.recover_epochs else [])
     for keep in args.keep:
-        t0 = time.perf_counter()
-        pruned = prune(model, batches, PruneConfig(keep, seq_len=args.max_length))
-        seconds = time.perf_counter() - t0
-        out = args.out / f"keep{keep:g}"
-        save_pruned(pruned, out, tok, force=True)
-        facts = {"keep": keep, "flops": pruned.config.flops_per_token(args.max_length),
-                 "heads": sum(pruned.config.num_heads), "ffn": sum(pruned.config.ffn_sizes)}
-        rows.append({"name": f"keep {keep:g}", "checkpoint": str(out), "prune_s": round(seconds, 1), **facts})
-        if args.recover_epochs:
+        for suffix, recovery in recoveries:
+            out = args.out / (f"keep{keep:g}" + ("_recovered" if recovery else ""))
             t0 = time.perf_counter()
-            recover(pruned, model, features, RecoverConfig(epochs=args.recover_epochs), model.config.pad_token_id)
-            out = args.out / f"keep{keep:g}_recovered"
-            save_pruned(pruned, out, tok, force=True)
-            rows.append({"name": f"keep {keep:g} + recovery", "checkpoint": str(out),
-                         "prune_s": round(seconds + time.perf_counter() - t0, 1), **facts})
+            record = prune_checkpoint(base, out, train_file, PruneConfig(keep, seq_len=args.max_length), recovery,
+                                      max_examples=args.max_examples, force=True)
+            p = record["pruned"]
+            rows.append({"name": f"keep {keep:g}{suffix}", "checkpoint": str(out), "keep": keep,
+                         "prune_s": round(time.perf_counter() - t0, 1), "flops": p["flops_per_token"],
+                         "heads": sum(p["num_heads"]), "ffn": sum(p["ffn_sizes"])})
     return rows
 
 
@@ -137,28 +129,12 @@ def measure(art: Path, texts: list[str], gold: list[str], threads: int, batch: i
             "size_mb": round((art / "model.onnx").stat().st_size / 2 ** 20, 2)}
 
 
-def environment(threads: int) -> dict:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
-    return {"commit": commit, "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-
-
 def table(rows: list[dict], env: dict, args) -> str:
     head = ("| variant | precision | FLOPs kept | heads | FFN | acc % | drop pt | seq/s @32 | speed-up | p50 ms @1 | "
             "p99 ms @1 | tok share | MB |")
     lines = [f"BBC News, {args.n_test} test articles, max length {args.max_length}, batch {args.batch}, "
-             f"{env['threads']} threads; {env['cpu']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}; "
+             f"{env['threads']} threads; {env['cpu']}; torch {env['versions']['torch']}, onnxruntime "
+             f"{env['versions']['onnxruntime']}; "
              f"commit {env['commit']}", "", head, "|" + "---|" * 13]
     for r in rows:
         if "error" in r:
@@ -244,7 +220,7 @@ def main(argv=None):
         if "error" not in r and "error" not in ref:
             r["drop"] = round(r["accuracy"] - ref["accuracy"], 2)
             r["speedup"] = round(r["seq_per_s"] / ref["seq_per_s"], 2)
-    env = environment(args.threads)
+    env = describe(args.threads)
     md = table(rows, env, args) if "error" not in ref else f"the unpruned fp32 reference failed: {ref['error']}"
     verdicts = check_targets(rows) if "error" not in ref else []
     md += "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"

@@ -65,22 +65,15 @@ def pruned(args, base: Path, train_file: Path, recover_file: Path) -> Path:
     if args.pruned:
         print(f"== reusing the pruned checkpoint {args.pruned}", flush=True)
         return Path(args.pruned)
-    from bertrt.checkpoint import load_checkpoint
-    from bertrt.converters.prune import PruneConfig, prune, save_pruned
-    from bertrt.converters.prune_data import load_prune_data, read_features
-    from bertrt.tokenizer import load_tokenizer
+    from bertrt.converters.prune import PruneConfig, RecoverConfig, prune_checkpoint
 
-    print(f"== pruning to {args.keep:.0%} of the FLOPs", flush=True)
-    model, tok = load_checkpoint(base), load_tokenizer(base)
-    batches = load_prune_data(train_file, model.config, tok, args.max_length, 16, 2048)
-    small = prune(model, batches, PruneConfig(args.keep, seq_len=args.max_length))
-    if args.recover_epochs:
-        from bertrt.converters.prune_recover import RecoverConfig, recover
-
-        print(f"== recovering for {args.recover_epochs:g} epoch(s) on {recover_file}", flush=True)
-        recover(small, model, read_features(recover_file, model.config, tok, args.max_length),
-                RecoverConfig(epochs=args.recover_epochs), model.config.pad_token_id)
-    return save_pruned(small, args.out / "pruned", tok, force=True)
+    recovery = RecoverConfig(epochs=args.recover_epochs) if args.recover_epochs else None
+    print(f"== pruning to {args.keep:.0%} of the FLOPs"
+          + (f", then recovering for {args.recover_epochs:g} epoch(s) on {recover_file}" if recovery else ""),
+          flush=True)
+    prune_checkpoint(base, args.out / "pruned", train_file, PruneConfig(args.keep, seq_len=args.max_length),
+                     recovery, recover_data=recover_file, force=True)
+    return args.out / "pruned"
 
 
 VARIANTS = {  # name: (checkpoint key, optimize, quantize mode)

@@ -8,7 +8,6 @@ quantization recipe, pruning summary, parity report, versions) and the sha256 of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from .atomic import atomic_dir
+from .digest import sha256_file
 from .errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -28,14 +28,6 @@ TASK_OUTPUTS = {  # ONNX output names per task, in order
     "embed": ["embedding"],
 }
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_artifact(path: str | os.PathLike, files: dict[str, str | os.PathLike], manifest: dict,
@@ -95,3 +87,4 @@ def load_manifest(path: str | os.PathLike, verify: bool = True) -> dict:
                 raise ArtifactError(f"{path}: {name} was modified or corrupted (sha256 {actual[:12]}..., manifest "
                                     f"says {digest[:12]}...); re-export the artifact")
     return manifest
+

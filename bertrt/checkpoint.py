@@ -32,6 +32,7 @@ ARCHITECTURE_TASKS = {
 TASK_ARCHITECTURES = {v: k for k, v in ARCHITECTURE_TASKS.items()} | {"embed": "BertModel"}
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.")
 IGNORED_HF_KEYS = re.compile(r"(position_ids|cls\.predictions\.decoder\.(weight|bias))$")
+PRUNING_RECORD = "pruning.json"  # beside the weights of a checkpoint written by `bertrt prune`
 
 
 def _rename(key: str, src: int, dst: int) -> str:
@@ -214,3 +215,15 @@ def save_checkpoint(model: Bert, path: str | os.PathLike, tokenizer=None, force:
     with atomic_dir(path, force) as tmp:
         write_checkpoint_files(model, tmp, tokenizer)
     return Path(path)
+
+
+def read_pruning_record(path: str | os.PathLike) -> dict | None:
+    """The record ``bertrt prune`` wrote beside a pruned checkpoint's weights, or None for any other checkpoint."""
+    f = Path(path) / PRUNING_RECORD
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f} is not valid JSON ({e}); prune the checkpoint again") from None
+

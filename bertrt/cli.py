@@ -256,38 +256,21 @@ def prune_command(
                                          "texts too, add some (e.g. headlines of the training articles)."),
     recover_lr: float = typer.Option(3e-5, help="Peak learning rate of the recovery fine-tuning; lower it if the "
                                      "recovery loss rises."),
+    seed: int = typer.Option(0, help="Seed of the example subset and of the recovery's shuffling; the same seed "
+                             "and data give the same pruned checkpoint. Change it to see how much the result "
+                             "depends on the sample."),
     force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
 ):
     """Remove whole attention heads and FFN neurons (Fisher importance + FLOPs-budget mask search), without
     retraining; the smaller matrices make ONNX Runtime faster."""
-    from .atomic import check_writable
-    from .converters.prune import PruneConfig, format_summary, save_pruned
-    from .converters.prune import prune as run_prune
+    from .converters.prune import PruneConfig, RecoverConfig, format_summary, prune_checkpoint
 
     config = PruneConfig(keep_flops=keep_flops, seq_len=max_length, rescale=rescale, min_examples=min_examples)
-    recovery = None
-    if recover_epochs:
-        from .converters.prune_recover import RecoverConfig
-
-        recovery = RecoverConfig(epochs=recover_epochs, lr=recover_lr, batch_size=batch_size)
-    check_writable(output, force)  # fail before the slow part
-    from .checkpoint import load_checkpoint
-    from .converters.prune_data import load_prune_data, read_features
-    from .tokenizer import load_tokenizer
-
-    model = load_checkpoint(checkpoint)
-    tokenizer = load_tokenizer(checkpoint)
-    batches = load_prune_data(data, model.config, tokenizer, max_length, batch_size, max_examples)
-    pruned = run_prune(model, batches, config)
-    if recovery is not None:
-        from .converters.prune_recover import recover
-
-        history = recover(pruned, model, read_features(data, model.config, tokenizer, max_length), recovery,
-                          model.config.pad_token_id)
-        pruned.pruning["recovery"] = {**recovery.to_dict(), "steps": len(history),
-                                      "final_loss": history[-1]["loss"] if history else None}
-    save_pruned(pruned, output, tokenizer, force)
-    typer.echo(format_summary(pruned.pruning))
+    recovery = RecoverConfig(epochs=recover_epochs, lr=recover_lr, batch_size=batch_size, seed=seed) \
+        if recover_epochs else None
+    record = prune_checkpoint(checkpoint, output, data, config, recovery, max_examples=max_examples,
+                              batch_size=batch_size, seed=seed, force=force)
+    typer.echo(format_summary(record))
     typer.echo(f"wrote {output}")
 
 

@@ -161,18 +161,12 @@ def run_demo(out: Path, dry_run: bool = False, force: bool = False, log=None) ->
 
 
 def _prune(out: Path, train_file: Path, sizes: DemoSizes) -> dict:
-    from .checkpoint import load_checkpoint
-    from .converters.prune import PruneConfig, prune, save_pruned
-    from .converters.prune_data import load_prune_data
-    from .tokenizer import load_tokenizer
+    from .converters.prune import PruneConfig, prune_checkpoint
 
-    model, tok = load_checkpoint(out / "finetuned"), load_tokenizer(out / "finetuned")
-    batches = load_prune_data(train_file, model.config, tok, sizes.seq_len, 16, 1024)
-    pruned = prune(model, batches, PruneConfig(sizes.keep_flops, seq_len=sizes.seq_len, min_examples=32))
-    save_pruned(pruned, out / "pruned", tok)
-    return {"heads": sum(pruned.config.num_heads), "ffn": sum(pruned.config.ffn_sizes),
-            "flops_kept": round(pruned.config.flops_per_token(sizes.seq_len) /
-                                model.config.flops_per_token(sizes.seq_len), 3)}
+    record = prune_checkpoint(out / "finetuned", out / "pruned", train_file,
+                              PruneConfig(sizes.keep_flops, seq_len=sizes.seq_len, min_examples=32), max_examples=1024)
+    return {"heads": sum(record["pruned"]["num_heads"]), "ffn": sum(record["pruned"]["ffn_sizes"]),
+            "flops_kept": round(record["kept_flops"], 3)}
 
 
 def _export(out: Path, test_file: Path, sizes: DemoSizes, dry_run: bool) -> dict:

@@ -7,7 +7,6 @@ segment ids 0/1.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tqdm.auto import tqdm
 
+from .digest import sha256_json
 from .errors import TokenizerError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -165,7 +165,7 @@ def fingerprint(tok: Tokenizer) -> str:
     spec = json.loads(tok.to_str())
     spec.pop("truncation", None)
     spec.pop("padding", None)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return sha256_json(spec)
 
 
 def is_lowercase(tok: Tokenizer) -> bool:

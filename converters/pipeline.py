@@ -7,7 +7,6 @@ gate, an error or a kill leaves nothing at the output path (or the previous arti
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -182,13 +181,16 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
 
 def _pruning_summary(checkpoint: Path, mcfg) -> dict:
     """What ``bertrt prune`` recorded (pruning.json), or at least the per-layer sizes."""
+    from bertrt.checkpoint import read_pruning_record
+    from bertrt.errors import CheckpointError
+
     summary = {"num_heads": mcfg.num_heads, "ffn_sizes": mcfg.ffn_sizes}
-    f = checkpoint / "pruning.json"
-    if f.is_file():
-        try:
-            summary["prune"] = json.loads(f.read_text())
-        except json.JSONDecodeError:
-            summary["prune"] = "pruning.json unreadable"
+    try:
+        record = read_pruning_record(checkpoint)
+    except CheckpointError:
+        record = "pruning.json unreadable"
+    if record is not None:
+        summary["prune"] = record
     return summary
 
 

@@ -9,7 +9,7 @@ import torch
 
 from bertrt.checkpoint import load_checkpoint
 from bertrt.converters.prune import (PruneConfig, prune, remove_units, save_pruned, search_masks, unit_flops)
-from bertrt.converters.prune_importance import fisher_importance, task_loss, unit_masks
+from bertrt.converters.prune.importance import fisher_importance, task_loss, unit_masks
 from bertrt.errors import PruneError
 from bertrt.model import BertConfig
 
@@ -197,7 +197,7 @@ def test_too_few_examples_and_wrong_task_batches_are_refused():
 
 
 def test_rescale_subset_spans_the_length_sorted_batches():
-    from bertrt.converters.prune_rescale import spread_subset
+    from bertrt.converters.prune.rescale import spread_subset
 
     data = batches(10)  # 8 examples each
     picked = spread_subset(data, 24)

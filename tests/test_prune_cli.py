@@ -107,3 +107,41 @@ def test_bad_data_gives_one_clear_line(ckpt, tmp_path):
                                  "--keep-flops", 0.5))
     assert "'embed' model, which has no task loss" in line
     assert not (tmp_path / "o").exists()
+
+
+def prune_args(out, ckpt, seed):
+    return ["prune", str(ckpt / "ckpt"), "-o", str(out), "--data", str(ckpt / "train.jsonl"), "--keep-flops", "0.5",
+            "--min-examples", "16", "--max-length", "32", "--batch-size", "8", "--recover-epochs", "1",
+            "--seed", str(seed)]
+
+
+def test_cli_and_prune_checkpoint_write_the_same_checkpoint_with_its_recovery_record(ckpt, tmp_path):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from bertrt.cli import app
+    from bertrt.converters.prune import PruneConfig, RecoverConfig, prune_checkpoint
+
+    r = CliRunner().invoke(app, prune_args(tmp_path / "cli", ckpt, seed=3))
+    assert r.exit_code == 0, r.output
+    record = prune_checkpoint(ckpt / "ckpt", tmp_path / "lib", ckpt / "train.jsonl",
+                              PruneConfig(0.5, seq_len=32, min_examples=16), RecoverConfig(1, batch_size=8, seed=3),
+                              batch_size=8, seed=3, progress=False)
+    assert json.loads((tmp_path / "lib" / "pruning.json").read_text()) == record  # what it returns is what it wrote
+    recovery = dict(record["recovery"])
+    assert isinstance(recovery.pop("final_loss"), float)
+    assert recovery == {"epochs": 1, "lr": 3e-5, "warmup": 0.1, "batch_size": 8, "temperature": 2.0, "alpha": 0.5,
+                        "seed": 3, "data": str((ckpt / "train.jsonl").absolute()), "examples": 48, "steps": 6}
+    assert record["data"] == {"path": str((ckpt / "train.jsonl").absolute()), "max_examples": 2048, "batch_size": 8,
+                              "seed": 3}
+    assert json.loads((tmp_path / "cli" / "pruning.json").read_text()) == record
+    lib, cli = load_file(tmp_path / "lib" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
+    assert sorted(lib) == sorted(cli) and all(torch.equal(lib[k], cli[k]) for k in lib)
+    assert (tmp_path / "lib" / "config.json").read_text() == (tmp_path / "cli" / "config.json").read_text()
+
+    # negative control: another seed shuffles recovery differently, so the weights must differ
+    r = CliRunner().invoke(app, prune_args(tmp_path / "seed4", ckpt, seed=4))
+    assert r.exit_code == 0, r.output
+    other = load_file(tmp_path / "seed4" / "model.safetensors")
+    assert json.loads((tmp_path / "seed4" / "pruning.json").read_text())["kept_heads"] == record["kept_heads"]
+    assert not all(torch.equal(lib[k], other[k]) for k in lib)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bertrt.converters.prune import PruneConfig, prune
-from bertrt.converters.prune_recover import RecoverConfig, _kd, distillation_loss_fn, recover
+from bertrt.converters.prune.recover import RecoverConfig, _kd, distillation_loss_fn, recover
 from bertrt.errors import PruneError
 
 from .prune_helpers import batches, tiny_model

@@ -42,7 +42,10 @@ def version(package: str) -> str | None:
         return None
 
 
-def describe(threads: int) -> dict:
+def describe(threads: int | None) -> dict:
+    """Where a bench ran: CPU model, cores, the threads it was given (None: the library's default), git commit,
+    Python and the versions of bertrt, onnxruntime, torch and transformers (None where not installed). Every bench
+    script records this, so that results from two machines are never compared unawares."""
     from .. import __version__
 
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "commit": git_commit(),

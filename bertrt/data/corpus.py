@@ -15,7 +15,6 @@ bounded memory (text is read and tokenized in chunks), and reopened instantly by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_dir
+from ..digest import sha256_json
 from ..errors import CorpusError
 
 CACHE_FORMAT = 1
@@ -127,7 +127,7 @@ def _jsonl_documents(path: Path, fh) -> Iterator[str]:
 def cache_key(files: list[Path], tokenizer_fingerprint: str, documents: str) -> str:
     spec = {"format": CACHE_FORMAT, "tokenizer": tokenizer_fingerprint, "documents": documents,
             "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return sha256_json(spec)
 
 
 def default_cache_dir() -> Path:

@@ -21,7 +21,6 @@ head), ``peft.json`` (method, options, the base checkpoint's path and sha256, pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..digest import sha256_file
 from ..errors import PeftError
 from ..model import Bert, SelfAttention, attention
 
@@ -251,15 +251,10 @@ def apply_peft(model: Bert, config: PeftConfig) -> Peft:
 
 def base_fingerprint(base: Path) -> str:
     """sha256 of a checkpoint's weight files (so a reload can tell the base it was trained on from another)."""
-    h = hashlib.sha256()
     names = sorted(p.name for p in base.iterdir() if p.suffix == ".safetensors" or p.name == "pytorch_model.bin")
     if not names:
         raise PeftError(f"{base} has no weight files to fingerprint")
-    for name in names:
-        with open(base / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(*(base / name for name in names))
 
 
 def is_peft_dir(path: str | os.PathLike) -> bool:

@@ -59,11 +59,10 @@ def _tokenizer(files: list[Path], cfg: PretrainConfig, out_dir: Path, resume: bo
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
     cache = Path(cfg.cache_dir or default_cache_dir()).parent / "tokenizers"
-    import hashlib
-    import json
+    from ..digest import sha256_json
 
-    key = hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-                                    + [cfg.vocab_size, cfg.lowercase, cfg.documents]).encode()).hexdigest()[:24]
+    key = sha256_json([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+                      + [cfg.vocab_size, cfg.lowercase, cfg.documents])[:24]
     path = cache / key / "tokenizer.json"
     if D.rank() == 0 and not path.is_file():
         from ..atomic import atomic_dir

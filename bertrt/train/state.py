@@ -9,25 +9,17 @@ truncated, corrupt or partial checkpoint is refused with a message, never half-l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from ..digest import sha256_file
 from ..errors import CheckpointError
 
 STATE_FORMAT = 1
 STATE_JSON = "state.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_train_state(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -51,7 +43,7 @@ def save_train_state(directory: str | os.PathLike, model: torch.nn.Module, optim
     files = {}
     for name in ("model.safetensors", "optimizer.safetensors"):
         p = directory / name
-        files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     state = {"format": STATE_FORMAT, **info, "optimizer": {"param_groups": sd["param_groups"], "scalars": scalars},
              "files": files}
     (directory / STATE_JSON).write_text(json.dumps(state, indent=2) + "\n")
@@ -77,7 +69,7 @@ def read_state_json(directory: str | os.PathLike) -> dict:
         if p.stat().st_size != meta["bytes"]:
             raise CheckpointError(f"{p} has {p.stat().st_size} bytes, expected {meta['bytes']}: the file is "
                                   f"truncated or was replaced; {fix}")
-        if _sha256(p) != meta["sha256"]:
+        if sha256_file(p) != meta["sha256"]:
             raise CheckpointError(f"{p} fails its sha256 check: the file is corrupt; {fix}")
     return state
 

@@ -3,14 +3,14 @@
 ``prune(model, batches, PruneConfig(keep_flops=0.6))`` follows Kwon et al. 2022 ("A Fast Post-Training Pruning
 Framework for Transformers"), without retraining:
 
-1. importance: the Fisher information of a mask on every head and neuron (``prune_importance``);
+1. importance: the Fisher information of a mask on every head and neuron (``importance.py``);
 2. mask search under the FLOPs budget: all heads cost the same and all neurons cost the same, so for every possible
    number of kept heads the best choice is the most important heads plus as many of the most important neurons as
    the remaining budget pays for; the head count that keeps the most total importance wins;
 3. physical removal: Q/K/V lose the rows of removed heads and the attention output projection their columns; the
    FFN's first matrix loses the rows of removed neurons and its second matrix their columns. Hidden size and
    embeddings never change, and a layer may keep zero heads or zero neurons (its bias, residual and LayerNorm stay);
-4. optionally, per-layer least-squares rescaling of the kept units (``prune_rescale``).
+4. optionally, per-layer least-squares rescaling of the kept units (``rescale.py``).
 
 Unlike unstructured sparsity, this makes ONNX Runtime faster: the matrices it multiplies are smaller.
 """
@@ -27,8 +27,8 @@ import torch
 from bertrt.errors import PruneError
 from bertrt.model import Bert, BertConfig
 
-from .prune_importance import check_batches, fisher_importance
-from .prune_rescale import rescale
+from .importance import check_batches, fisher_importance
+from .rescale import rescale
 
 
 @dataclass
@@ -179,27 +179,3 @@ def prune(model: Bert, data: list[dict], config: PruneConfig, progress: bool = T
         "kept_heads": keep_heads, "kept_neurons": keep_neurons, "rescale": rescaled,
     }
     return pruned
-
-
-def save_pruned(model: Bert, path, tokenizer=None, force: bool = False):
-    """Save a pruned checkpoint atomically: the usual files (per-layer sizes live in config.json) plus
-    ``pruning.json``, the summary ``prune`` attached (what was kept, FLOPs before and after, the rescaling report)."""
-    from bertrt.atomic import atomic_dir
-    from bertrt.checkpoint import write_checkpoint_files
-
-    with atomic_dir(path, force) as tmp:
-        write_checkpoint_files(model, tmp, tokenizer)
-        if getattr(model, "pruning", None):
-            (tmp / "pruning.json").write_text(json.dumps(model.pruning, indent=1) + "\n")
-    return path
-
-
-def format_summary(summary: dict) -> str:
-    """Per-layer heads and FFN sizes before -> after, and the FLOPs kept, as a few lines of text."""
-    o, p = summary["original"], summary["pruned"]
-    lines = ["layer  heads       ffn"]
-    for i, (h0, h1, f0, f1) in enumerate(zip(o["num_heads"], p["num_heads"], o["ffn_sizes"], p["ffn_sizes"])):
-        lines.append(f"{i:>5}  {h0:>2} -> {h1:<3} {f0:>5} -> {f1}")
-    lines.append(f"FLOPs/token at length {summary['seq_len']}: {o['flops_per_token'] / 1e6:.2f} M -> "
-                 f"{p['flops_per_token'] / 1e6:.2f} M ({100 * summary['kept_flops']:.1f}% kept)")
-    return "\n".join(lines)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from bertrt.errors import PruneError
 
-from .prune_importance import model_inputs
+from .importance import model_inputs
 
 
 @dataclass
