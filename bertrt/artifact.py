@@ -88,3 +88,90 @@ def load_manifest(path: str | os.PathLike, verify: bool = True) -> dict:
                                     f"says {digest[:12]}...); re-export the artifact")
     return manifest
 
+
+# ---------------------------------------------------------------------------------------------------- bertrt info
+GATE_STAGES = ("export_fp32", "fused_fp32")  # the gates a variant passed on its way, before its final ones
+
+
+def layer_table(heads: list[int], ffn: list[int], original: tuple[list[int], list[int]] | None = None) -> list[str]:
+    """Per-layer attention heads and FFN sizes as table lines; with ``original``, the unpruned sizes beside them."""
+    lines = ["layer  heads   ffn" + ("   unpruned heads   ffn" if original else "")]
+    for i, (h, f) in enumerate(zip(heads, ffn)):
+        lines.append(f"{i:>5}  {h:>5}  {f:>4}" + (f"   {original[0][i]:>14}  {original[1][i]:>4}" if original else ""))
+    return lines
+
+
+def _number(v) -> str:
+    return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+def format_manifest(path: str | os.PathLike, m: dict) -> str:
+    """The manifest as ``bertrt info ARTIFACT`` prints it: task and labels, precision, fusions and quantized-node
+    counts, heads and FFN sizes per layer, every gate with its number, where it came from and the versions.
+    Kept-neuron indices and rescaling reports stay in the manifest (``bertrt info --json``)."""
+    labels = m.get("labels") or []
+    lines = [f"artifact     {path} (format {m['format_version']}, {len(m['files'])} files verified)",
+             f"task         {m['task']}" + (f"; {len(labels)} labels: {', '.join(labels)}" if labels else ""),
+             f"precision    {m['precision']}", f"max length   {m['max_length']} tokens",
+             f"inputs       {', '.join(m['inputs'])}; outputs {', '.join(m['outputs'])}"]
+    opt = m.get("optimization") or {}
+    lines.append(f"fusions      {_counts(opt.get('fusions') or {})}" if opt.get("enabled")
+                 else "fusions      none (unfused graph)")
+    q = m.get("quantization")
+    if q:
+        counts = q.get("counts") or {}
+        quantized = {k: v for k, v in counts.items() if not k.endswith("_fp32") and v}
+        fp32 = {k[:-len("_fp32")]: v for k, v in counts.items() if k.endswith("_fp32")}
+        lines.append(f"quantized    {_counts(quantized)} ({q.get('mode')} INT8, preset {q.get('preset')})")
+        units = ", ".join(q.get("fp32_units") or []) or "none"
+        lines.append(f"left fp32    {_counts(fp32)}; units kept in fp32: {units}")
+    model = m.get("model")
+    if model:
+        lines.append(f"model        {model['layers']} layers, hidden {model['hidden_size']}, "
+                     f"vocab {model['vocab_size']}")
+    record = (m.get("pruning") or {}).get("prune")
+    if isinstance(record, dict):
+        o = record["original"]
+        lines.append(f"pruned       to {100 * record['kept_flops']:.1f}% of the encoder FLOPs at length "
+                     f"{record['seq_len']} ({record['method']}, {record['examples']} examples)")
+        r = record.get("recovery")
+        if r:
+            lines.append(f"recovered    {r['epochs']:g} epoch(s) of distillation, {r['steps']} steps")
+    elif m.get("pruning"):
+        lines.append("pruned       yes (no pruning record in the checkpoint it was exported from)")
+    if model:
+        lines += layer_table(model["num_heads"], model["ffn_sizes"],
+                             (o["num_heads"], o["ffn_sizes"]) if isinstance(record, dict) else None)
+    lines += _gate_lines(m.get("parity") or {})
+    source = m.get("source") or {}
+    if source.get("checkpoint"):
+        digest = source.get("weights_sha256")
+        lines.append(f"source       {source['checkpoint']}"
+                     + (f" (weights sha256 {digest[:12]}...)" if digest else ""))
+    if m.get("tokenizer_fingerprint"):
+        lines.append(f"tokenizer    {m['tokenizer_fingerprint'][:16]}")
+    versions = m.get("versions") or {}
+    lines.append(f"versions     {', '.join(f'{k} {v}' for k, v in sorted(versions.items())) or 'not recorded'}")
+    if m.get("created"):
+        lines.append(f"created      {m['created']}")
+    return "\n".join(lines)
+
+
+def _gate_lines(parity: dict) -> list[str]:
+    final = parity.get("final")
+    if not final:
+        return ["gates        not recorded (an artifact written without bertrt export)"]
+    lines = [f"gates        {'passed' if final['passed'] else 'FAILED'}: {final['precision']} against the PyTorch "
+             f"fp32 model on {final['examples']} examples of {parity.get('data', '?')}"]
+    for name, g in final["gates"].items():
+        lines.append(f"  {name:<11} {_number(g['value']):<10} {'passed' if g['passed'] else 'FAILED':<7} {g['rule']}")
+    for stage in GATE_STAGES:
+        s = parity.get(stage)
+        if s:
+            values = ", ".join(f"{k} {_number(g['value'])}" for k, g in s["gates"].items())
+            lines.append(f"  {stage:<11} {'passed' if s['passed'] else 'FAILED'} on the way ({values})")
+    return lines

@@ -227,3 +227,58 @@ def read_pruning_record(path: str | os.PathLike) -> dict | None:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{f} is not valid JSON ({e}); prune the checkpoint again") from None
 
+
+def checkpoint_report(path: str | os.PathLike, seq_len: int = 128) -> dict:
+    """What ``bertrt info CHECKPOINT`` shows: architecture, task, labels, parameters, per-layer sizes, FLOPs per
+    token at ``seq_len``, the tokenizer's fingerprint and, for a pruned checkpoint, the unpruned sizes and FLOPs.
+    Reads config.json only (parameters are counted on the meta device): the weights are never loaded."""
+    import dataclasses
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"not found: {path}")
+    cfg, raw = read_config(path)
+    with torch.device("meta"):  # count parameters without allocating or reading weights
+        params = Bert(cfg).num_parameters()
+    fp = raw.get("bertrt", {}).get("tokenizer_fingerprint")
+    if fp is None and (path / "tokenizer.json").is_file():
+        from .tokenizer import fingerprint, load_tokenizer
+
+        fp = fingerprint(load_tokenizer(path / "tokenizer.json"))
+    report = {
+        "architecture": TASK_ARCHITECTURES[cfg.task], "task": cfg.task, "labels": cfg.labels,
+        "parameters": params, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size, "heads_per_layer": cfg.num_heads, "ffn_per_layer": cfg.ffn_sizes,
+        "max_position_embeddings": cfg.max_position_embeddings, "seq_len": seq_len,
+        "flops_per_token": cfg.flops_per_token(seq_len), "tokenizer_fingerprint": fp,
+    }
+    record = read_pruning_record(path)
+    if record is not None:  # what it was pruned from, counted at this seq_len
+        o = record["original"]
+        unpruned = dataclasses.replace(cfg, num_heads=o["num_heads"], ffn_sizes=o["ffn_sizes"])
+        report["original"] = {"heads_per_layer": unpruned.num_heads, "ffn_per_layer": unpruned.ffn_sizes,
+                              "flops_per_token": unpruned.flops_per_token(seq_len)}
+    return report
+
+
+def format_checkpoint_report(path: str | os.PathLike, r: dict) -> str:
+    """``checkpoint_report`` as the few lines ``bertrt info`` prints."""
+    from .artifact import layer_table
+
+    flops = f"{r['flops_per_token'] / 1e6:.2f} MFLOPs at sequence length {r['seq_len']} (encoder matmuls)"
+    o = r.get("original")
+    if o:  # a pruned checkpoint: show what it was pruned from
+        flops += f"; {100 * r['flops_per_token'] / o['flops_per_token']:.1f}% of the unpruned " \
+                 f"{o['flops_per_token'] / 1e6:.2f} M"
+    lines = [
+        f"checkpoint   {path}",
+        f"architecture {r['architecture']} (task: {r['task']})",
+        f"labels       {', '.join(r['labels']) if r['labels'] else '-'}",
+        f"parameters   {r['parameters']:,} ({r['parameters'] / 1e6:.1f} M)",
+        f"shape        {r['layers']} layers, hidden {r['hidden_size']}, vocab {r['vocab_size']}, "
+        f"max positions {r['max_position_embeddings']}",
+        f"FLOPs/token  {flops}",
+        f"tokenizer    {r['tokenizer_fingerprint'][:16] if r['tokenizer_fingerprint'] else 'none in this folder'}",
+    ]
+    return "\n".join(lines + layer_table(r["heads_per_layer"], r["ffn_per_layer"],
+                                         o and (o["heads_per_layer"], o["ffn_per_layer"])))

@@ -66,93 +66,23 @@ def info(
     path: Path = typer.Argument(..., help="A checkpoint directory (bertrt or Hugging Face BERT) or an artifact."),
     seq_len: int = typer.Option(128, help="Sequence length for the FLOPs-per-token count (attention grows "
                                 "with it)."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of text."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of text (for an "
+                                 "artifact: its whole manifest, kept-neuron indices included)."),
 ):
-    """Describe a checkpoint (architecture, task, labels, parameters, per-layer sizes, FLOPs) or an artifact."""
+    """Describe a checkpoint (architecture, task, labels, parameters, per-layer sizes, FLOPs) or an artifact (task,
+    labels, precision, fusions, quantized nodes, per-layer sizes, gates with their numbers, versions)."""
     from .artifact import MANIFEST
 
     if (path / MANIFEST).is_file():
-        from .artifact import load_manifest
+        from .artifact import format_manifest, load_manifest
 
-        report = load_manifest(path, verify=True)
-        typer.echo(json.dumps(report, indent=2) if as_json else _format_artifact(path, report))
+        manifest = load_manifest(path, verify=True)
+        typer.echo(json.dumps(manifest, indent=2) if as_json else format_manifest(path, manifest))
         return
-    report = _checkpoint_report(path, seq_len)
-    typer.echo(json.dumps(report, indent=2) if as_json else _format_checkpoint(path, report))
+    from .checkpoint import checkpoint_report, format_checkpoint_report
 
-
-def _checkpoint_report(path: Path, seq_len: int) -> dict:
-    import torch
-
-    from .checkpoint import TASK_ARCHITECTURES, read_config
-    from .errors import CheckpointError
-    from .model import Bert
-
-    if not path.is_dir():
-        raise CheckpointError(f"not found: {path}")
-    cfg, raw = read_config(path)
-    with torch.device("meta"):  # count parameters without allocating or reading weights
-        params = Bert(cfg).num_parameters()
-    tok = path / "tokenizer.json"
-    fp = raw.get("bertrt", {}).get("tokenizer_fingerprint")
-    if fp is None and tok.is_file():
-        from .tokenizer import fingerprint, load_tokenizer
-
-        fp = fingerprint(load_tokenizer(tok))
-    return {
-        "architecture": TASK_ARCHITECTURES[cfg.task], "task": cfg.task, "labels": cfg.labels,
-        "parameters": params, "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size, "heads_per_layer": cfg.num_heads, "ffn_per_layer": cfg.ffn_sizes,
-        "max_position_embeddings": cfg.max_position_embeddings, "seq_len": seq_len,
-        "flops_per_token": cfg.flops_per_token(seq_len), "tokenizer_fingerprint": fp,
-        **_pruned_from(path, cfg, seq_len),
-    }
-
-
-def _pruned_from(path: Path, cfg, seq_len: int) -> dict:
-    """For a checkpoint written by ``bertrt prune``: the unpruned sizes and FLOPs, from its pruning.json."""
-    import dataclasses
-
-    if not (path / "pruning.json").is_file():
-        return {}
-    original = json.loads((path / "pruning.json").read_text())["original"]
-    unpruned = dataclasses.replace(cfg, num_heads=original["num_heads"], ffn_sizes=original["ffn_sizes"])
-    return {"original": {"heads_per_layer": unpruned.num_heads, "ffn_per_layer": unpruned.ffn_sizes,
-                         "flops_per_token": unpruned.flops_per_token(seq_len)}}
-
-
-def _format_checkpoint(path: Path, r: dict) -> str:
-    lines = [
-        f"checkpoint   {path}",
-        f"architecture {r['architecture']} (task: {r['task']})",
-        f"labels       {', '.join(r['labels']) if r['labels'] else '-'}",
-        f"parameters   {r['parameters']:,} ({r['parameters'] / 1e6:.1f} M)",
-        f"shape        {r['layers']} layers, hidden {r['hidden_size']}, vocab {r['vocab_size']}, "
-        f"max positions {r['max_position_embeddings']}",
-        f"FLOPs/token  {r['flops_per_token'] / 1e6:.2f} MFLOPs at sequence length {r['seq_len']} (encoder matmuls)",
-        f"tokenizer    {r['tokenizer_fingerprint'][:16] if r['tokenizer_fingerprint'] else 'none in this folder'}",
-        "layer  heads  ffn",
-    ]
-    lines += [f"{i:>5}  {h:>5}  {f:>4}" for i, (h, f) in enumerate(zip(r["heads_per_layer"], r["ffn_per_layer"]))]
-    if "original" in r:  # a pruned checkpoint: show what it was pruned from
-        o = r["original"]
-        lines[5] += f"; {100 * r['flops_per_token'] / o['flops_per_token']:.1f}% of the unpruned " \
-                    f"{o['flops_per_token'] / 1e6:.2f} M"
-        lines[7] += "   unpruned heads  ffn"
-        lines[8:] = [f"{line}   {h:>14}  {f:>4}" for line, h, f in zip(lines[8:], o["heads_per_layer"],
-                                                                         o["ffn_per_layer"])]
-    return "\n".join(lines)
-
-
-def _format_artifact(path: Path, m: dict) -> str:
-    lines = [f"artifact     {path} (format {m['format_version']}, files verified)",
-             f"task         {m['task']}" + (f" (labels: {', '.join(m['labels'])})" if m["labels"] else ""),
-             f"precision    {m['precision']}", f"max length   {m['max_length']}",
-             f"inputs       {', '.join(m['inputs'])}", f"outputs      {', '.join(m['outputs'])}"]
-    for key in ("optimization", "quantization", "pruning", "parity", "versions"):
-        if m.get(key):
-            lines.append(f"{key:<12} {json.dumps(m[key], sort_keys=True)}")
-    return "\n".join(lines)
+    report = checkpoint_report(path, seq_len)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_checkpoint_report(path, report))
 
 
 # ---------------------------------------------------------------------------------------------------- pretrain
