@@ -115,7 +115,9 @@ def format_manifest(path: str | os.PathLike, m: dict) -> str:
     Kept-neuron indices and rescaling reports stay in the manifest (``bertrt info --json``)."""
     labels = m.get("labels") or []
     lines = [f"artifact     {path} (format {m['format_version']}, {len(m['files'])} files verified)",
-             f"task         {m['task']}" + (f"; {len(labels)} labels: {', '.join(labels)}" if labels else ""),
+             f"task         {m['task']}" + (f"; {len(labels)} labels: {', '.join(labels)}" if labels else "")
+             + (f"; {m.get('pooling')} pooling, {'' if m.get('normalize') else 'not '}normalized"
+                if m["task"] == "embed" else ""),
              f"precision    {m['precision']}", f"max length   {m['max_length']} tokens",
              f"inputs       {', '.join(m['inputs'])}; outputs {', '.join(m['outputs'])}"]
     opt = m.get("optimization") or {}

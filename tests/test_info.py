@@ -29,12 +29,13 @@ def bertrt(*args):
 
 @pytest.fixture(scope="module")
 def pruned_int8(tmp_path_factory):
-    """A tiny classify checkpoint pruned to half its FLOPs by prune_checkpoint, exported fused + dynamic INT8."""
+    """A tiny classify checkpoint pruned to half its FLOPs (and recovered) by prune_checkpoint, exported fused +
+    dynamic INT8."""
     import torch
 
     from bertrt.converters.config import ParityConfig, QuantizeConfig
     from bertrt.converters.pipeline import export_artifact
-    from bertrt.converters.prune import PruneConfig, prune_checkpoint
+    from bertrt.converters.prune import PruneConfig, RecoverConfig, prune_checkpoint
 
     root = tmp_path_factory.mktemp("info")
     ckpt = make_checkpoint(root, "classify")
@@ -46,7 +47,8 @@ def pruned_int8(tmp_path_factory):
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(0)
     record = prune_checkpoint(ckpt, root / "pruned", root / "train.jsonl",
-                              PruneConfig(0.5, seq_len=32, min_examples=16), batch_size=8, progress=False)
+                              PruneConfig(0.5, seq_len=32, min_examples=16), RecoverConfig(1, batch_size=8),
+                              batch_size=8, progress=False)
     # a random tiny model has no margins for INT8 to keep: loose gates, whose numbers the summary must still show
     export_artifact(root / "pruned", root / "art", quantize=QuantizeConfig(mode="dynamic", per_channel=False),
                     parity=ParityConfig(min_agreement=0.5, max_drop=100.0, int8_min_snr_db=0.0),
@@ -75,6 +77,7 @@ def test_artifact_summary_shows_exact_counts_labels_sizes_and_gates(pruned_int8)
     assert by_key["pruned"] == (f"to {100 * record['kept_flops']:.1f}% of the encoder FLOPs at length 32 "
                                 "(fisher-mask-search+rescale, 48 examples)")
     assert 45.0 <= 100 * record["kept_flops"] <= 50.0
+    assert by_key["recovered"] == "1 epoch(s) of distillation, 6 steps"  # 48 examples in batches of 8
     table = lines[lines.index("layer  heads   ffn   unpruned heads   ffn") + 1:][:2]
     heads, ffn = record["pruned"]["num_heads"], record["pruned"]["ffn_sizes"]
     assert table == [f"{i:>5}  {heads[i]:>5}  {ffn[i]:>4}   {4:>14}  {96:>4}" for i in range(2)]
@@ -130,3 +133,5 @@ def test_an_artifact_written_without_export_says_its_gates_are_not_recorded(tiny
     assert "task         ner; 5 labels: O, B-PER, I-PER, B-LOC, I-LOC" in r.stdout.splitlines()
     assert "gates        not recorded (an artifact written without bertrt export)" in r.stdout.splitlines()
     assert "fusions      none (unfused graph)" in r.stdout.splitlines()
+    r = bertrt("info", tiny_artifact("embed"))
+    assert "task         embed; mean pooling, not normalized" in r.stdout.splitlines(), r.stdout
