@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 from bertrt.bench.machine import describe
 from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
 
@@ -185,9 +184,9 @@ def tiny_checkpoint(out: Path, train_file: Path) -> Path:
 
 def markdown(results: dict) -> str:
     m, a = results["machine"], results["args"]
+    v = m["versions"]
     lines = [f"# BBC export benchmark\n", f"{m['cpu']}, {a['threads']} threads, commit {m['commit']}, "
-             f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; batch {a['batch_size']}, "
-             "truncation "
+             f"torch {v['torch']}, onnxruntime {v['onnxruntime']}; batch {a['batch_size']}, truncation "
              f"{a['max_length']}, {results['test_articles']} test articles, tokenization included\n",
              "| checkpoint | variant | accuracy % | agrees with PyTorch % | seq/s (b32) | tokenize seq/s | p50 ms | "
              "p90 ms | p99 ms | MB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
