@@ -71,3 +71,52 @@ class GatedSession:
         time.sleep(self.delay)
         outputs = self.inner.run(feeds)
         return self.transform(feeds, outputs) if self.transform else outputs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(artifact, *args, ready_within: float = 120.0, log_path=None):
+    """``bertrt serve ARTIFACT *args`` as a subprocess on 127.0.0.1 (a free port), ready when the block starts and
+    stopped (SIGTERM, then SIGKILL) when it ends. Yields (url, process); the log (JSON lines) goes to ``log_path``
+    or a temporary file, readable as ``process.log_path``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    log_path = log_path or tempfile.mkstemp(prefix=f"bertrt_serve_{port}_", suffix=".log")[1]
+    log = open(log_path, "w")
+    cmd = [sys.executable, "-m", "bertrt.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
+           "--device", "cpu", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.log_path = log_path
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + ready_within
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"bertrt serve did not become ready; see {log_path}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()

@@ -189,3 +189,19 @@ def test_close_drains_then_refuses():
     closer.join(5)
     assert [f.result(0) for f in futures] == [("done", k) for k in "abc"]
     assert not closer.is_alive()
+
+
+def test_cancel_takes_items_out_of_the_queue_and_of_the_batch_being_filled():
+    fake = Fake()
+    seen = []
+    b = Batcher(fake, max_wait_ms=400, on_batch=seen.append)
+    first = b.submit("a", 1)
+    time.sleep(0.1)  # the worker holds "a" in the batch it is filling, waiting for more
+    assert b.depth == 0
+    assert b.cancel([first]) == 1 and first.cancelled()
+    b2 = b.submit("b", 1)
+    assert b.cancel([b2, first]) == 1  # "b" waits in the queue or the forming batch; "a" is gone already
+    c = b.submit("c", 1)
+    assert c.result(5) == ("done", "c")
+    assert fake.batches == [["c"]] and seen[-1].dropped == 0
+    b.close()

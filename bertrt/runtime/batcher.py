@@ -69,6 +69,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._forming: list[_Pending] = []  # the batch the worker is filling (guarded by _cond)
         self.heartbeat = time.monotonic()  # the worker's last sign of life (idle waits wake at least every second)
         self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
         self._worker.start()
@@ -121,14 +122,18 @@ class Batcher:
             raise
 
     def cancel(self, futures: list[Future]) -> int:
-        """Remove these futures' items from the queue and cancel them; returns how many were removed. Items whose
-        batch has started run to the end (their results are discarded by the caller)."""
+        """Take these futures' items out of the queue, or out of the batch still being filled, and cancel them;
+        returns how many were taken. Items whose batch has started run to the end (their results are discarded)."""
         wanted = {id(f) for f in futures}
         with self._cond:
-            kept = [p for p in self._queue if id(p.future) not in wanted]
             removed = [p for p in self._queue if id(p.future) in wanted]
             if removed:
-                self._queue = deque(kept)
+                self._queue = deque(p for p in self._queue if id(p.future) not in wanted)
+            forming = [p for p in self._forming if id(p.future) in wanted]
+            if forming:  # still filling, not started: take them out too (the list is the worker's own batch)
+                self._forming[:] = [p for p in self._forming if id(p.future) not in wanted]
+                removed += forming
+                self._cond.notify_all()
         for p in removed:
             p.future.cancel()
         return len(removed)
@@ -153,39 +158,41 @@ class Batcher:
         self._worker.join(timeout)
 
     # ------------------------------------------------------------------------------------------------ worker
-    def _fits(self, batch: list[_Pending], longest: int, nxt: _Pending) -> bool:
+    def _fits(self, batch: list[_Pending], nxt: _Pending) -> bool:
         if len(batch) + 1 > self.max_batch_size:
             return False
-        return (len(batch) + 1) * self.padded_length(max(longest, nxt.tokens)) <= self.max_batch_tokens
+        longest = max(nxt.tokens, *(p.tokens for p in batch))
+        return (len(batch) + 1) * self.padded_length(longest) <= self.max_batch_tokens
 
     def _take_batch(self) -> tuple[list[_Pending], int] | None:
-        """Under the lock: wait for work, then fill a batch by tokens or time. None when closed and empty."""
-        batch: list[_Pending] = []
-        longest, dropped, deadline = 0, 0, None
+        """Under the lock: wait for work, then fill a batch by tokens or time. None when closed and empty.
+        The batch being filled is ``self._forming``, so that ``cancel`` can still take items out of it."""
+        dropped = 0
         with self._cond:
-            while True:
-                while self._queue and (not batch or self._fits(batch, longest, self._queue[0])):
-                    p = self._queue.popleft()
-                    if p.future.cancelled():
-                        dropped += 1
-                        continue
+            batch = self._forming = []
+            try:
+                while True:
+                    while self._queue and (not batch or self._fits(batch, self._queue[0])):
+                        p = self._queue.popleft()
+                        if p.future.cancelled():
+                            dropped += 1
+                            continue
+                        batch.append(p)
+                    if batch and (self._queue or len(batch) >= self.max_batch_size or self._closed):
+                        return batch, dropped  # full (the next item does not fit), or shutting down: run now
                     if not batch:
-                        deadline = p.enqueued + self.max_wait
-                    batch.append(p)
-                    longest = max(longest, p.tokens)
-                if batch and (self._queue or len(batch) >= self.max_batch_size or self._closed):
-                    return batch, dropped  # full (the next item does not fit), or shutting down: run now
-                if not batch:
-                    if self._closed:
-                        return None
+                        if self._closed:
+                            return None
+                        self.heartbeat = time.monotonic()
+                        self._cond.wait(1.0)
+                        continue
+                    remaining = batch[0].enqueued + self.max_wait - time.perf_counter()
+                    if remaining <= 0:
+                        return batch, dropped
                     self.heartbeat = time.monotonic()
-                    self._cond.wait(1.0)
-                    continue
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    return batch, dropped
-                self.heartbeat = time.monotonic()
-                self._cond.wait(min(remaining, 1.0))
+                    self._cond.wait(min(remaining, 1.0))
+            finally:
+                self._forming = []
 
     def _loop(self) -> None:
         while True:

@@ -1,0 +1,45 @@
+"""`bertrt serve --workers 2` as a real process: metrics are the same whichever worker answers the scrape, counters
+never go back, every worker reports its own process gauges, and the JSON request log reaches stderr."""
+
+import json
+
+import httpx
+
+try:
+    from .serving import samples, serve_process
+except ImportError:
+    from serving import samples, serve_process
+
+N = 60
+
+
+def test_two_workers_report_exact_counts_on_every_scrape(tiny_artifact):
+    secret = "private words never logged"
+    with serve_process(tiny_artifact("classify"), "--workers", "2", "--threads", "1") as (url, proc):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(N):
+                r = client.post("/v1/predict", json={"inputs": [f"{secret} {i}"]}, headers={"X-Request-ID": f"w-{i}"})
+                assert r.status_code == 200
+        scrapes = []
+        for _ in range(10):  # a new connection each time, so the scrapes land on either worker
+            scrapes.append(samples(httpx.get(f"{url}/metrics", timeout=10).text))
+        assert [s['bertrt_requests_total{code="200"}'] for s in scrapes] == [N] * 10
+        assert [s['bertrt_request_seconds_count{code="200"}'] for s in scrapes] == [N] * 10
+        assert [s["bertrt_inputs_total"] for s in scrapes] == [N] * 10
+        monotone = [k for k in scrapes[0] if k.split("{")[0].endswith(("_total", "_count", "_sum", "_bucket"))]
+        assert len(monotone) > 20
+        for before, after in zip(scrapes, scrapes[1:]):
+            assert all(after[k] >= before[k] for k in monotone), [k for k in monotone if after[k] < before[k]]
+        last = scrapes[-1]
+        assert last["bertrt_workers_ready"] == 2 and last["bertrt_workers_configured"] == 2
+        rss = {k: v for k, v in last.items() if k.startswith("bertrt_process_resident_memory_bytes{")}
+        assert len(rss) == 2 and all(v > 10e6 for v in rss.values())  # one per worker pid, tens of MB each
+        assert len([k for k in last if k.startswith("bertrt_process_open_fds{")]) == 2
+        assert last["bertrt_worker_restarts_total"] == 0
+    with open(proc.log_path) as f:
+        lines = [json.loads(line) for line in f if line.startswith("{")]
+    access = [x for x in lines if x["logger"] == "bertrt.access"]
+    assert sorted(x["request_id"] for x in access) == sorted(f"w-{i}" for i in range(N))
+    assert all(x["status"] == 200 and x["items"] == 1 for x in access)
+    assert len([x for x in lines if x["logger"] == "bertrt.server" and x["msg"].startswith("ready")]) == 2
+    assert secret not in open(proc.log_path).read()
