@@ -210,3 +210,21 @@ def test_disconnect_storm_drops_abandoned_work(runtime):
         # every input of a request whose body arrived either ran (rows the session saw) or was dropped and counted
         assert cancelled == (20 - mid_body) * 64 - storm_rows
         assert cancelled >= 20 * 64 // 2  # most of the abandoned work never ran
+
+
+def test_large_bodies_are_parsed_and_rendered_off_the_event_loop(runtime, monkeypatch):
+    import bertrt.runtime.server as server
+
+    threads = []
+    for name in ("parse_request", "render"):
+        real = getattr(server, name)
+        monkeypatch.setattr(server, name, lambda *a, _real=real, _name=name: (
+            threads.append((_name, threading.current_thread().name)), _real(*a))[1])
+    app = create_app(ServeConfig(artifact="", max_chars=100_000), runtime=runtime)
+    with running(app) as url:
+        small = httpx.post(f"{url}/v1/predict", json={"inputs": ["small"]}, timeout=30)
+        loop_thread = threads[0][1]  # a small body is parsed right on the event loop's thread
+        big = httpx.post(f"{url}/v1/predict", json={"inputs": ["big " * 20_000]}, timeout=30)
+    assert small.status_code == big.status_code == 200
+    assert [n for n, _ in threads] == ["parse_request", "render"] * 2
+    assert threads[1][1] == loop_thread and threads[2][1] != loop_thread and threads[3][1] != loop_thread
