@@ -67,19 +67,23 @@ def runtime(tiny_artifact):
 def test_slow_clients_are_cut_at_the_deadline_while_others_are_served(runtime):
     app = create_app(ServeConfig(artifact="", api_key=KEY), runtime=runtime)
     with running(app, request_timeout=DEADLINE, max_connections=300) as url:
+        first_open = time.monotonic()
         slow = [connect(url) for _ in range(200)]
         opened = time.monotonic()
         head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"  # no key, and the headers never end
         for rnd in range(2):  # a header byte per connection every ~0.8 s
             for s in slow:
-                s.send(head[rnd:rnd + 1])
+                try:
+                    s.send(head[rnd:rnd + 1])
+                except OSError:  # already cut (only on a very slow machine): the reads below still check it
+                    pass
             if rnd == 0:
                 t = time.perf_counter()
                 r = httpx.post(f"{url}/v1/predict", json={"inputs": ["served meanwhile"]}, headers=AUTH, timeout=10)
-                served_in = time.perf_counter() - t
+                served_in, served_at = time.perf_counter() - t, time.monotonic() - first_open
                 assert r.status_code == 200 and len(r.json()["outputs"]) == 1
             time.sleep(0.8)
-        assert time.monotonic() - opened < DEADLINE, "setup too slow to show the normal client was served meanwhile"
+        assert served_at < DEADLINE  # answered while all 200 slow connections were still held
         answers = [read_until_closed(s, DEADLINE + 10) for s in slow]
         closed_after = time.monotonic() - opened
         for s in slow:

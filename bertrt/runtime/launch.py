@@ -8,6 +8,7 @@ here for this server and removed when it stops.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -94,11 +95,14 @@ def serve(config: ServeConfig, limits: EdgeLimits | None = None, host: str = "12
     if config.threads is None:
         config.threads = max(1, default_threads() // workers)  # share the cores instead of oversubscribing them
     metrics_dir = tempfile.mkdtemp(prefix="bertrt-metrics-")
+    log = logging.getLogger("bertrt.server")
     os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus_client when each worker imports it
     os.environ[CONFIG_ENV] = json.dumps({**asdict(config), "api_key": None})
     try:
         uv = uvicorn_config("bertrt.runtime.launch:app_from_env", limits, host, port, log_level, factory=True,
                             workers=workers)
+        log.info("%d workers share the metrics directory %s", workers, metrics_dir)
         Multiprocess(uv, sockets=[uv.bind_socket()]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        log.info("removed the metrics directory %s", metrics_dir)
