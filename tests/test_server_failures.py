@@ -177,3 +177,19 @@ def test_request_ids_and_one_json_log_line_per_request(runtime, caplog):
     assert lines[0]["key_id"] and lines[0]["key_id"] == lines[1]["key_id"] and lines[3]["key_id"] is None
     assert all(isinstance(x["latency_ms"], float) for x in lines) and lines[3]["reason"] == "unauthorized"
     assert secret not in caplog.text and "k3y" not in caplog.text
+
+
+def test_the_open_file_limit_is_raised_to_fit_max_connections_or_refused(monkeypatch):
+    import resource
+
+    from bertrt.runtime.launch import FD_MARGIN, ensure_fd_limit
+
+    set_to = []
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda what, limits: set_to.append(limits))
+    ensure_fd_limit(512)
+    assert set_to == []  # 512 + margin fits in 1024
+    ensure_fd_limit(2000)
+    assert set_to == [(2000 + FD_MARGIN, 4096)]
+    with pytest.raises(InputError, match=r"--max-connections 5000 needs .* the hard limit is 4096"):
+        ensure_fd_limit(5000)

@@ -91,7 +91,7 @@ class Metrics:
                             "received whole in time), over_connection_limit (answered 503)", ["event"], registry=r)
         self.restarts = Counter("bertrt_worker_restarts", "Worker processes started to replace one that died",
                                 registry=r)
-        self.in_flight = gauge("bertrt_requests_in_flight", "HTTP requests being handled", "livesum")
+        self.in_flight = gauge("bertrt_requests_in_flight", "/v1/predict requests being handled", "livesum")
         self.connections = gauge("bertrt_open_connections", "Open client connections", "livesum")
         self.admitted = gauge("bertrt_admission_in_use", "/v1/predict requests admitted and not yet answered "
                               "(reading, parsing, tokenizing, queued or running)", "livesum")
