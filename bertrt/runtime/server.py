@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -42,6 +43,12 @@ from .payload import Refused, finite, key_id, parse_request, render, request_id
 log = logging.getLogger("bertrt.server")
 access = logging.getLogger(ACCESS)
 OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed, and their answers rendered, off the event loop
+_MESSAGES = {  # errors whose message does not depend on the request
+    "unauthorized": "missing or wrong API key (send Authorization: Bearer <key>)",
+    "not_ready": "the server is starting or shutting down; retry later",
+    "overloaded": "the server is at its admission limit (--max-concurrent-requests); retry later",
+    "client_disconnected": "the client disconnected before the answer",
+}
 
 
 @dataclass
@@ -84,8 +91,6 @@ def artifact_sha256(runtime) -> str:
     manifest = Path(runtime.path) / MANIFEST
     if manifest.is_file():
         return sha256_file(manifest)
-    import hashlib
-
     return hashlib.sha256(json.dumps(runtime.manifest, sort_keys=True).encode()).hexdigest()
 
 
@@ -305,14 +310,6 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime, app.state.metrics, app.state.serving = runtime, metrics, state
     return app
-
-
-_MESSAGES = {  # errors whose message does not depend on the request
-    "unauthorized": "missing or wrong API key (send Authorization: Bearer <key>)",
-    "not_ready": "the server is starting or shutting down; retry later",
-    "overloaded": "the server is at its admission limit (--max-concurrent-requests); retry later",
-    "client_disconnected": "the client disconnected before the answer",
-}
 
 
 def read_api_key(path: str) -> str:
