@@ -12,9 +12,9 @@ from bertrt.runtime import Runtime
 from bertrt.runtime.server import ServeConfig, create_app
 
 try:
-    from .serving import GatedSession, running, samples, scrape
+    from .serving import GatedSession, running, scrape
 except ImportError:
-    from serving import GatedSession, running, samples, scrape
+    from serving import GatedSession, running, scrape
 
 KEY = "edge-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
