@@ -205,3 +205,24 @@ def test_cancel_takes_items_out_of_the_queue_and_of_the_batch_being_filled():
     assert c.result(5) == ("done", "c")
     assert fake.batches == [["c"]] and seen[-1].dropped == 0
     b.close()
+
+
+def test_problem_reports_a_stuck_worker_a_dead_thread_and_shutdown():
+    fake = Fake()
+    b = Batcher(fake, max_wait_ms=1)
+    time.sleep(2.5)
+    assert b.problem(2.0) is None  # idle for longer than the bound, but beating (every second) while it waits
+    gate = b.submit("gate", 1)
+    assert fake.entered.wait(5)
+    time.sleep(0.4)
+    assert "stuck in a batch" in b.problem(0.2)
+    fake.release.set()
+    gate.result(5)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    live, b._worker = b._worker, dead  # as if the worker thread had died
+    assert b.problem(60) == "the batcher thread is dead"
+    b._worker = live
+    b.close()
+    assert b.problem(60) == "the batcher is shut down"
