@@ -226,3 +226,24 @@ def test_problem_reports_a_stuck_worker_a_dead_thread_and_shutdown():
     b._worker = live
     b.close()
     assert b.problem(60) == "the batcher is shut down"
+
+
+def test_a_failing_batch_is_rerun_apart_and_an_exception_result_fails_its_item_alone():
+    fake = Fake()
+    seen = []
+    b, gate = gated(fake, max_wait_ms=1, on_batch=seen.append)
+    futures = [b.submit(k, 1) for k in ("a", "boom", "c")]
+    fake.release.set()
+    assert futures[0].result(5) == ("done", "a") and futures[2].result(5) == ("done", "c")
+    with pytest.raises(RuntimeError, match="model failed"):
+        futures[1].result(5)
+    assert fake.batches[1:] == [["a", "boom", "c"], ["a"], ["boom"], ["c"]]
+    assert (seen[-1].size, seen[-1].failed, seen[-1].batch_error) == (3, 1, True)
+
+    odd = Batcher(lambda items: [ValueError(i) if i == "nan" else i for i in items], max_wait_ms=50)
+    x, nan = odd.submit("x", 1), odd.submit("nan", 1)
+    assert x.result(5) == "x"
+    with pytest.raises(ValueError):
+        nan.result(5)
+    b.close()
+    odd.close()
