@@ -21,7 +21,7 @@ cd "$WORK"  # not the checkout: imports must come from the installed package
 import importlib.util, sys
 present = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_spec(m) is not None]
 assert not present, f"the [cpu,serve] install pulled in {present}"
-import bertrt, bertrt.runtime, bertrt.runtime.server
+import bertrt, bertrt.runtime, bertrt.runtime.server, bertrt.runtime.launch, bertrt.runtime.edge
 assert "site-packages" in bertrt.__file__, f"bertrt imported from {bertrt.__file__}, not the venv"
 # the converters install as bertrt.converters (sub-packages included), though they need torch to import
 spec = importlib.util.find_spec("bertrt.converters.prune")

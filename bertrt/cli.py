@@ -344,6 +344,13 @@ def predict(
             out.close()
 
 
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @app.command()
 def serve(
     artifact: Path = typer.Argument(..., help="An artifact directory to serve."),
@@ -365,22 +372,49 @@ def serve(
                                       "heavy load, lower it for latency at light load."),
     max_queue: int = typer.Option(1024, help="Inputs allowed to wait; beyond it requests get 503 instead of "
                                   "ever-growing latency. Size it to what you can serve within your timeout."),
-    max_items: int = typer.Option(64, help="Most inputs in one request (more: 413)."),
+    max_items: int = typer.Option(64, help="Most inputs in one request (more: 413); at most --max-queue."),
     max_chars: int = typer.Option(100_000, help="Most characters in one text field (more: 413). Texts are "
                                   "truncated to the artifact's max length anyway; this bounds tokenization work."),
     max_body_bytes: int = typer.Option(4_000_000, help="Largest request body in bytes (more: 413)."),
+    max_concurrent_requests: int = typer.Option(256, help="Admission budget per worker: predict requests admitted "
+                                                "at once (reading, tokenizing, queued or running); more get 503 + "
+                                                "Retry-After before their body is read. Lower it when memory is "
+                                                "tight; raise it when clients send many small requests at once."),
+    timeout: float = typer.Option(60.0, help="Seconds a predict request may take from admission to answer (more: "
+                                  "504, and its queued inputs are dropped). Set it a little below your clients' or "
+                                  "proxy's own timeout."),
+    request_timeout: float = typer.Option(30.0, help="Seconds a client has to send a whole request, headers and "
+                                          "body (then 408 and close). Bounds slow or idle clients that would hold "
+                                          "connections; raise it only for very slow links with large bodies."),
+    max_connections: int = typer.Option(512, help="Open client connections per worker; more are answered 503 + "
+                                        "Retry-After. The open-file limit is raised to fit."),
+    keep_alive: float = typer.Option(75.0, help="Seconds an idle keep-alive connection stays open. Keep it above "
+                                     "your load balancer's idle timeout (often 60 s), or it will reuse closed "
+                                     "connections."),
+    graceful_timeout: float = typer.Option(30.0, help="On SIGTERM, seconds in-flight requests get to finish. "
+                                           "Keep it below your orchestrator's kill grace period."),
+    liveness_timeout: float = typer.Option(30.0, help="/healthz fails when the batching thread is dead or has "
+                                           "been inside one batch longer than this (a wedged worker). Raise it if "
+                                           "a single batch can legitimately take longer."),
+    log_level: LogLevel = typer.Option(LogLevel.info, help="JSON log lines on stderr; info logs one line per "
+                                       "request (id, status, latency, inputs, key id; never the text)."),
 ):
     """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
+    from .runtime.launch import EdgeLimits
+    from .runtime.launch import serve as run_server
     from .runtime.server import ServeConfig, read_api_key
-    from .runtime.server import serve as run_server
 
     if api_key_file is not None:
         read_api_key(str(api_key_file))  # fail now, with one line, if the file is missing or empty
     config = ServeConfig(artifact=str(artifact), device=device.value, threads=threads,
                          api_key_file=str(api_key_file) if api_key_file else None, max_items=max_items,
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
-                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue)
-    run_server(config, host=host, port=port, workers=workers)
+                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_concurrent_requests=max_concurrent_requests, timeout=timeout,
+                         liveness_timeout=liveness_timeout)
+    limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
+                        graceful_timeout=graceful_timeout)
+    run_server(config, limits, host=host, port=port, workers=workers, log_level=log_level.value)
 
 
 # ---------------------------------------------------------------------------------------------------- export

@@ -45,6 +45,10 @@ class QueueFullError(BertrtError):
     """The batcher's bounded queue is full: the caller should retry later (the server answers 503)."""
 
 
+class NonFiniteOutputError(BertrtError):
+    """The model produced NaN or Inf for an input: that input gets an error, never a number JSON cannot carry."""
+
+
 class ShutdownError(BertrtError):
     """The batcher is closed and accepts no new work."""
 

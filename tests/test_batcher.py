@@ -189,3 +189,61 @@ def test_close_drains_then_refuses():
     closer.join(5)
     assert [f.result(0) for f in futures] == [("done", k) for k in "abc"]
     assert not closer.is_alive()
+
+
+def test_cancel_takes_items_out_of_the_queue_and_of_the_batch_being_filled():
+    fake = Fake()
+    seen = []
+    b = Batcher(fake, max_wait_ms=400, on_batch=seen.append)
+    first = b.submit("a", 1)
+    time.sleep(0.1)  # the worker holds "a" in the batch it is filling, waiting for more
+    assert b.depth == 0
+    assert b.cancel([first]) == 1 and first.cancelled()
+    b2 = b.submit("b", 1)
+    assert b.cancel([b2, first]) == 1  # "b" waits in the queue or the forming batch; "a" is gone already
+    c = b.submit("c", 1)
+    assert c.result(5) == ("done", "c")
+    assert fake.batches == [["c"]] and seen[-1].dropped == 0
+    b.close()
+
+
+def test_problem_reports_a_stuck_worker_a_dead_thread_and_shutdown():
+    fake = Fake()
+    b = Batcher(fake, max_wait_ms=1)
+    time.sleep(2.5)
+    assert b.problem(2.0) is None  # idle for longer than the bound, but beating (every second) while it waits
+    gate = b.submit("gate", 1)
+    assert fake.entered.wait(5)
+    time.sleep(0.4)
+    assert "stuck in a batch" in b.problem(0.2)
+    fake.release.set()
+    gate.result(5)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    live, b._worker = b._worker, dead  # as if the worker thread had died
+    assert b.problem(60) == "the batcher thread is dead"
+    b._worker = live
+    b.close()
+    assert b.problem(60) == "the batcher is shut down"
+
+
+def test_a_failing_batch_is_rerun_apart_and_an_exception_result_fails_its_item_alone():
+    fake = Fake()
+    seen = []
+    b, gate = gated(fake, max_wait_ms=1, on_batch=seen.append)
+    futures = [b.submit(k, 1) for k in ("a", "boom", "c")]
+    fake.release.set()
+    assert futures[0].result(5) == ("done", "a") and futures[2].result(5) == ("done", "c")
+    with pytest.raises(RuntimeError, match="model failed"):
+        futures[1].result(5)
+    assert fake.batches[1:] == [["a", "boom", "c"], ["a"], ["boom"], ["c"]]
+    assert (seen[-1].size, seen[-1].failed, seen[-1].batch_error) == (3, 1, True)
+
+    odd = Batcher(lambda items: [ValueError(i) if i == "nan" else i for i in items], max_wait_ms=50)
+    x, nan = odd.submit("x", 1), odd.submit("nan", 1)
+    assert x.result(5) == "x"
+    with pytest.raises(ValueError):
+        nan.result(5)
+    b.close()
+    odd.close()

@@ -7,13 +7,15 @@ import httpx
 import jsonschema
 import pytest
 
+import bertrt
+from bertrt.artifact import sha256_file
 from bertrt.runtime import Runtime
 from bertrt.runtime.server import ServeConfig, create_app
 
 try:
-    from .serving import running
+    from .serving import GatedSession, running, samples
 except ImportError:
-    from serving import running
+    from serving import GatedSession, running, samples
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -109,24 +111,25 @@ def test_schema_describes_the_responses(classify):
 
 
 def test_probes_and_metrics_after_abuse(classify):
-    url, _, _ = classify
+    url, rt, _ = classify
     for _ in range(3):
         post(url, b"{", headers={})  # unauthorized before parsing
     assert post(url, {"inputs": ["still served"]}).status_code == 200
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{url}/readyz").json()
     assert ready["status"] == "ready" and ready["device"] == "cpu" and ready["providers"] == ["CPUExecutionProvider"]
-    text = httpx.get(f"{url}/metrics").text
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line and not line.startswith("#")}
-    assert samples['bertrt_request_errors_total{reason="unauthorized"}'] >= 3
-    assert samples['bertrt_requests_total{code="200"}'] >= 1
+    got = samples(httpx.get(f"{url}/metrics").text)
+    assert got['bertrt_request_errors_total{reason="unauthorized"}'] >= 3
+    assert got['bertrt_requests_total{code="200"}'] >= 1
     for stage in ("tokenize", "queue", "inference"):
-        assert samples[f'bertrt_stage_seconds_count{{stage="{stage}"}}'] >= 1
-    assert samples["bertrt_batch_size_count"] >= 1 and samples['bertrt_batch_tokens_sum{kind="padded"}'] >= \
-        samples['bertrt_batch_tokens_sum{kind="real"}'] > 0
-    assert samples["bertrt_queue_depth"] == 0
-    assert samples['bertrt_info{device="cpu",task="classify"}'] == 1
+        assert got[f'bertrt_stage_seconds_count{{stage="{stage}"}}'] >= 1
+    assert got["bertrt_batch_size_count"] >= 1 and got['bertrt_batch_tokens_sum{kind="padded"}'] >= \
+        got['bertrt_batch_tokens_sum{kind="real"}'] > 0
+    assert got["bertrt_queue_depth"] == 0
+    sha = sha256_file(f"{rt.path}/bertrt.json")
+    assert ready["artifact_sha256"] == sha and ready["version"] == bertrt.__version__
+    assert got[f'bertrt_info{{artifact_sha256="{sha}",device="cpu",task="classify",'
+                   f'version="{bertrt.__version__}"}}'] == 1
 
 
 @pytest.mark.parametrize("task", ["ner", "qa", "embed"])
@@ -148,27 +151,11 @@ def test_other_tasks(tiny_artifact, task):
             assert all(text[e["start"]:e["end"]] == e["text"] for e in out["entities"])
 
 
-class GatedSession:
-    """Wraps a real session; the first run waits for a gate, so requests pile up in the queue."""
-
-    def __init__(self, inner):
-        self.inner, self.device, self.providers = inner, inner.device, inner.providers
-        self.input_names = inner.input_names
-        self.entered, self.release, self.runs = threading.Event(), threading.Event(), 0
-
-    def run(self, feeds):
-        self.runs += 1
-        if self.runs == 2:  # run 1 is the warm-up at startup
-            self.entered.set()
-            assert self.release.wait(20)
-        return self.inner.run(feeds)
-
-
 def test_full_queue_answers_503_then_recovers(tiny_artifact):
     real = Runtime(tiny_artifact("classify"), device="cpu", threads=1)
     session = GatedSession(real.session)
     rt = Runtime.from_parts(real.manifest, real.encoder, session)
-    app = create_app(ServeConfig(artifact="", max_queue=3, max_wait_ms=1), runtime=rt)
+    app = create_app(ServeConfig(artifact="", max_items=3, max_queue=3, max_wait_ms=1), runtime=rt)
     with running(app) as url:
         results = {}
 
@@ -194,5 +181,4 @@ def test_full_queue_answers_503_then_recovers(tiny_artifact):
 
 
 def rt_depth(app) -> int:
-    text = app.state.metrics.render().decode()
-    return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("bertrt_queue_depth "))))
+    return int(samples(app.state.metrics.render().decode())["bertrt_queue_depth"])

@@ -57,15 +57,22 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
         "responses": {
             "200": {"description": "one output per input", "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/PredictResponse"}}}},
+            "408": err("the request was not received whole within the server's --request-timeout"),
             "413": err("too many inputs, a text too long, or a body too large"),
             "422": err("not JSON, or not the shape of PredictRequest"),
-            "503": err("the queue is full or the server is shutting down; retry later"),
+            "500": err("the model or its postprocessing failed for an input (named in the message), or produced "
+                       "NaN/Inf for it; other requests are not affected"),
+            "503": err("over the admission budget, the queue is full, too many connections, or the server is "
+                       "starting or shutting down; retry after the Retry-After header's seconds"),
+            "504": err("no answer within the server's --timeout"),
         },
     }
     if auth:
         predict["security"] = [{"bearer": []}]
         predict["responses"]["401"] = err("missing or wrong API key")
-    status = {"type": "object", "properties": {"status": {"type": "string"}, "device": {"type": "string"}}}
+    status = {"type": "object", "properties": {"status": {"type": "string"}, "device": {"type": "string"},
+                                               "version": {"type": "string"}, "artifact_sha256": {"type": "string"},
+                                               "reason": {"type": "string"}}}
     probe = {"content": {"application/json": {"schema": status}}}
     doc = {
         "openapi": "3.0.3",
@@ -73,8 +80,11 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
                  "description": f"Inference for a bertrt {task} artifact."},
         "paths": {
             "/v1/predict": {"post": predict},
-            "/healthz": {"get": {"summary": "The process is up", "operationId": "healthz",
-                                 "responses": {"200": {"description": "alive", **probe}}}},
+            "/healthz": {"get": {"summary": "The process is up and its batching thread alive and not wedged",
+                                 "operationId": "healthz",
+                                 "responses": {"200": {"description": "alive", **probe},
+                                               "503": {"description": "the batcher is dead or stuck in a batch "
+                                                                      "(restart this worker)", **probe}}}},
             "/readyz": {"get": {"summary": "Ready to serve; reports the device really in use",
                                 "operationId": "readyz",
                                 "responses": {"200": {"description": "ready", **probe},
@@ -91,7 +101,9 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
                                                          "items": {"$ref": "#/components/schemas/Input"}}}},
             "PredictResponse": {"type": "object", "required": ["outputs"], "properties": {
                 "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Output"}}}},
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {
+                "error": {"type": "string"},
+                "request_id": {"type": "string", "description": "also in the X-Request-ID header, and in the log"}}},
         }},
     }
     if auth:

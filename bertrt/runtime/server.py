@@ -1,37 +1,54 @@
-"""HTTP server: a thin starlette layer over ``Runtime`` + ``Batcher``, run by uvicorn.
+"""HTTP server: a thin starlette layer over ``Runtime`` + ``Batcher``; ``launch.serve`` runs it under uvicorn.
 
-POST /v1/predict {"inputs": [...]} -> {"outputs": [...]}; GET /healthz, /readyz (device really in use), /metrics
-(Prometheus), /openapi.json. Optional bearer API key (constant-time compare). Limits answer 413 (too many inputs,
-text too long, body too large) or 422 (not JSON / wrong shape), a full queue 503, never a 500 for a user's input.
-Request text is never logged. Shutdown (SIGTERM/SIGINT) stops accepting, finishes in-flight requests, then drains
-the batcher.
+POST /v1/predict {"inputs": [...]} -> {"outputs": [...]}; GET /healthz (the batcher is alive and beating),
+/readyz (model loaded and warm; device, version and artifact sha256), /metrics (Prometheus), /openapi.json.
+
+A predict request goes: API key (constant-time compare) -> admission (``max_concurrent_requests`` requests at once,
+else 503 + Retry-After, before any body is read) -> body (``max_body_bytes``) -> JSON and validation (on a worker
+thread when the body is large) -> tokenization (thread) -> batcher -> render. The whole is bounded by ``timeout``
+(504), and a client that disconnects takes its queued inputs with it (counted). Limits answer 413, bad shapes 422,
+overload 503; a failure of the model or of postprocessing is a JSON 500 that fails only the inputs that caused it.
+Every answer carries X-Request-ID and is logged as one JSON line (``logs.py``); request texts are never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import BertrtError, InputError, QueueFullError, ShutdownError
+from ..artifact import MANIFEST, sha256_file
+from ..errors import InputError, NonFiniteOutputError, QueueFullError, ShutdownError
 from .batcher import runtime_batcher
-from .encode import parse_input
+from .edge import EVENT_HOOK
+from .logs import ACCESS
 from .metrics import Metrics
 from .openapi import build_openapi
+from .payload import Refused, finite, key_id, parse_request, render, request_id
 
 log = logging.getLogger("bertrt.server")
-CONFIG_ENV = "BERTRT_SERVE_CONFIG"  # how `--workers N` hands the configuration to each worker process
+access = logging.getLogger(ACCESS)
+OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed, and their answers rendered, off the event loop
+_MESSAGES = {  # errors whose message does not depend on the request
+    "unauthorized": "missing or wrong API key (send Authorization: Bearer <key>)",
+    "not_ready": "the server is starting or shutting down; retry later",
+    "overloaded": "the server is at its admission limit (--max-concurrent-requests); retry later",
+    "client_disconnected": "the client disconnected before the answer",
+}
 
 
 @dataclass
@@ -50,65 +67,48 @@ class ServeConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    max_concurrent_requests: int = 256  # admission budget per worker
+    timeout: float = 60.0  # seconds from admission to answer (504 past it)
+    liveness_timeout: float = 30.0  # /healthz fails when the batcher has not beaten for this long
+    workers: int = 1  # how many worker processes serve together (reported in the metrics)
+
+    def __post_init__(self):
+        for name in ("max_items", "max_chars", "max_body_bytes", "max_batch_size", "max_queue",
+                     "max_concurrent_requests", "workers"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        for name in ("timeout", "liveness_timeout"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
+        if self.max_items > self.max_queue:
+            raise InputError(f"--max-items {self.max_items} is larger than --max-queue {self.max_queue}: a full "
+                             "request could never be queued; lower --max-items or raise --max-queue")
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, reason: str):
-        super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
+def artifact_sha256(runtime) -> str:
+    """sha256 of the artifact's manifest, which itself pins every file's sha256; of its canonical JSON for a
+    runtime assembled from parts."""
+    manifest = Path(runtime.path) / MANIFEST
+    if manifest.is_file():
+        return sha256_file(manifest)
+    return hashlib.sha256(json.dumps(runtime.manifest, sort_keys=True).encode()).hexdigest()
 
 
-def _check_strings(value, path: str) -> None:
-    """Reject strings that cannot be UTF-8 (lone surrogates from JSON escapes such as "\\ud800")."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Refused(422, f"{path} is not valid Unicode (lone surrogate)", "bad_input") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_strings(v, f"{path}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_strings(v, f"{path}[{i}]")
+class _Call:
+    """One predict request's bookkeeping: id, inputs, why it was cut short, what it answered."""
+
+    def __init__(self, rid: str):
+        self.id, self.started, self.items, self.key = rid, time.perf_counter(), 0, None
+        self.cancel_reason: str | None = None
+        self.parsed = asyncio.Event()  # set once the inputs are known: from then on a disconnect cancels the work
 
 
-def validate_request(payload, task: str, max_items: int, max_chars: int) -> list:
-    """The inputs of a request, or ``_Refused`` (413 for limits, 422 for shape) with a message saying what to fix."""
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise _Refused(422, 'the body must be a JSON object {"inputs": [...]}', "bad_json")
-    extra = sorted(set(payload) - {"inputs"})
-    if extra:
-        raise _Refused(422, f"unknown field(s) {extra}; the body is {{\"inputs\": [...]}}", "bad_input")
-    inputs = payload["inputs"]
-    if not isinstance(inputs, list):
-        raise _Refused(422, f'"inputs" must be a list, not {type(inputs).__name__}', "bad_input")
-    if len(inputs) > max_items:
-        raise _Refused(413, f"{len(inputs)} inputs in one request; the limit is {max_items} (split the request)",
-                       "too_many_inputs")
-    allowed = {"qa": {"question", "context"}, "classify": {"text", "text_pair"}}.get(task, {"text"})
-    for i, item in enumerate(inputs):
-        if isinstance(item, dict):
-            unknown = sorted(set(item) - allowed)
-            if unknown:
-                raise _Refused(422, f"inputs[{i}]: unknown field(s) {unknown} for a {task} model; expected "
-                               f"{sorted(allowed)}", "bad_input")
-            wrong = sorted(k for k, v in item.items() if not isinstance(v, str))
-            if wrong:
-                raise _Refused(422, f"inputs[{i}]: field(s) {wrong} must be strings", "bad_input")
-        elif task == "qa" or not isinstance(item, str):
-            raise _Refused(422, f"inputs[{i}]: expected " + ('an object {"question", "context"}' if task == "qa"
-                           else 'a string or an object {"text"}'), "bad_input")
-        try:
-            parse_input(item, task)
-        except InputError as e:
-            raise _Refused(422, f"inputs[{i}]: {e}", "bad_input") from None
-        _check_strings(item, f"inputs[{i}]")
-        for value in (item.values() if isinstance(item, dict) else [item]):
-            if len(value) > max_chars:
-                raise _Refused(413, f"inputs[{i}] has a text of {len(value)} characters; the limit is {max_chars}",
-                               "text_too_long")
-    return inputs
+async def _disconnected(request: Request, call: _Call) -> None:
+    """Returns when the client goes away, watched once the request is parsed (its body read: uvicorn then only
+    reports a disconnect). Parsing is short and bounded, so it finishes, and the dropped inputs can be counted."""
+    await call.parsed.wait()
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(config: ServeConfig, runtime=None) -> Starlette:
@@ -118,17 +118,14 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
 
         runtime = Runtime(config.artifact, device=config.device, threads=config.threads,
                           max_batch_tokens=max(config.max_batch_tokens, 1))
-    metrics = Metrics(runtime.device, runtime.task)
-    state = {"ready": False, "batcher": None}
+    digest = artifact_sha256(runtime)
+    metrics = Metrics(runtime.device, runtime.task, __version__, digest, workers=config.workers)
+    state = {"ready": False, "batcher": None, "admitted": 0}
     schema = build_openapi(runtime.task, config.max_items, config.max_chars,
                            bool(config.api_key or config.api_key_file), __version__)
     api_key = read_api_key(config.api_key_file) if config.api_key_file else config.api_key
     key = api_key.encode() if api_key else None
-
-    def refuse(status: int, message: str, reason: str, headers: dict | None = None) -> JSONResponse:
-        metrics.errors.labels(reason=reason).inc()
-        metrics.requests.labels(code=str(status)).inc()
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    key_name = key_id(key) if key else None
 
     def authorized(request: Request) -> bool:
         if key is None:
@@ -137,61 +134,142 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         # compare_digest takes constant time for equal-length inputs and does not short-circuit on content
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)
 
+    def run_checked(encs: list) -> list:
+        """The batcher's work: a NaN/Inf result becomes an error for its input alone."""
+        return [r if finite(r) else NonFiniteOutputError("the model produced a non-finite output (NaN or Inf) "
+                                                          "for this input") for r in runtime.run_batch(encs)]
+
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise _Refused(413, f"the body is {declared} bytes; the limit is {config.max_body_bytes}", "body_too_large")
+            raise Refused(413, f"the body is {declared} bytes; the limit is {config.max_body_bytes}", "body_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > config.max_body_bytes:
-                raise _Refused(413, f"the body exceeds {config.max_body_bytes} bytes", "body_too_large")
+                raise Refused(413, f"the body exceeds {config.max_body_bytes} bytes", "body_too_large")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def predict(request: Request) -> Response:
-        started = time.perf_counter()
-        if not authorized(request):
-            return refuse(401, "missing or wrong API key (send Authorization: Bearer <key>)", "unauthorized",
-                          {"WWW-Authenticate": "Bearer"})
-        batcher = state["batcher"]
-        if batcher is None or not state["ready"]:
-            return refuse(503, "the server is starting or shutting down; retry later", "not_ready",
-                          {"Retry-After": "1"})
+    def count_cancelled(call: _Call, n: int) -> None:
+        if n:
+            metrics.cancelled.labels(reason=call.cancel_reason or "request_failed").inc(n)
+
+    async def work(request: Request, call: _Call, batcher) -> bytes:
+        """Body -> inputs -> outputs -> rendered answer; raises for every way a request can fail."""
         try:
             body = await read_body(request)
-            try:
-                payload = json.loads(body)
-            except (ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
-                raise _Refused(422, f"the body is not valid JSON ({type(e).__name__})", "bad_json") from None
-            inputs = validate_request(payload, runtime.task, config.max_items, config.max_chars)
-            t0 = time.perf_counter()
+        except ClientDisconnect:
+            raise Refused(499, "the client disconnected while sending its body", "disconnected_mid_body") from None
+        large = len(body) > OFFLOAD_BYTES
+        args = (body, runtime.task, config.max_items, config.max_chars)
+        inputs = await run_in_threadpool(parse_request, *args) if large else parse_request(*args)
+        call.items = len(inputs)
+        call.parsed.set()
+        t0 = time.perf_counter()
+        try:
             encs = await run_in_threadpool(runtime.encode, inputs)
-            metrics.stage_seconds.labels(stage="tokenize").observe(time.perf_counter() - t0)
-            outputs = await batcher.predict_async(encs, [len(e) for e in encs]) if encs else []
-        except _Refused as r:
-            return refuse(r.status, r.message, r.reason)
-        except QueueFullError as e:
-            return refuse(503, str(e), "queue_full", {"Retry-After": "1"})
-        except ShutdownError as e:
-            return refuse(503, str(e), "shutting_down", {"Retry-After": "1"})
-        except InputError as e:
-            return refuse(422, str(e), "bad_input")
-        except BertrtError as e:
-            log.error("predict failed: %s", type(e).__name__)  # never the request text
-            return refuse(500, f"internal error: {type(e).__name__}", "internal")
+        except asyncio.CancelledError:
+            count_cancelled(call, len(inputs))
+            raise
+        metrics.stage_seconds.labels(stage="tokenize").observe(time.perf_counter() - t0)
+        outputs = await batcher.predict_async(encs, [len(e) for e in encs], return_exceptions=True,
+                                              on_cancel=lambda n: count_cancelled(call, n)) if encs else []
+        for i, out in enumerate(outputs):
+            if isinstance(out, BaseException):
+                out.input_index = i
+                raise out
         metrics.items.inc(len(outputs))
         metrics.truncated.inc(sum(1 for o in outputs if o.get("truncated")))
-        metrics.requests.labels(code="200").inc()
-        metrics.request_seconds.observe(time.perf_counter() - started)
-        return JSONResponse({"outputs": outputs})
+        content = {"outputs": outputs}
+        return await run_in_threadpool(render, content) if large or len(outputs) > 16 else render(content)
+
+    async def guarded(request: Request, call: _Call, batcher) -> bytes:
+        """``work`` under the request deadline, cancelled when its client disconnects."""
+        task = asyncio.ensure_future(work(request, call, batcher))
+        gone = asyncio.ensure_future(_disconnected(request, call))
+        try:
+            done, _ = await asyncio.wait({task, gone}, timeout=config.timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is stopping this request: stop its work too
+            task.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if task in done:
+            return task.result()
+        call.cancel_reason = "disconnect" if gone in done else "timeout"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # let it count what it dropped
+        if call.cancel_reason == "disconnect":
+            raise ClientDisconnect()
+        raise Refused(504, f"no answer within {config.timeout:g} s (--timeout); retry, or send fewer inputs",
+                      "timeout")
+
+    async def answer(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
+        """(status, body, error reason, extra headers) for one predict request."""
+        if not authorized(request):
+            return 401, b"", "unauthorized", {"WWW-Authenticate": "Bearer"}
+        call.key = key_name
+        batcher = state["batcher"]
+        if batcher is None or not state["ready"]:
+            return 503, b"", "not_ready", {"Retry-After": "1"}
+        if state["admitted"] >= config.max_concurrent_requests:
+            return 503, b"", "overloaded", {"Retry-After": "1"}
+        state["admitted"] += 1
+        metrics.admitted.inc()
+        try:
+            return 200, await guarded(request, call, batcher), None, {}
+        except Refused as r:
+            return r.status, r.message.encode(), r.reason, {}
+        except QueueFullError as e:
+            return 503, str(e).encode(), "queue_full", {"Retry-After": "1"}
+        except ShutdownError as e:
+            return 503, str(e).encode(), "shutting_down", {"Retry-After": "1"}
+        except InputError as e:
+            return 422, str(e).encode(), "bad_input", {}
+        except ClientDisconnect:
+            return 499, b"", "client_disconnected", {}
+        except NonFiniteOutputError as e:
+            return 500, f"inputs[{getattr(e, 'input_index', '?')}]: {e}".encode(), "non_finite", {}
+        except Exception as e:  # the model or postprocessing failed: typed, counted, contained to this request
+            log.error("predict failed: %s", type(e).__name__, exc_info=True, extra={"request_id": call.id})
+            where = f"inputs[{e.input_index}]: " if hasattr(e, "input_index") else ""
+            return 500, f"{where}internal error ({type(e).__name__}); the server log has details under this " \
+                        "request id".encode(), "internal", {}
+        finally:
+            state["admitted"] -= 1
+            metrics.admitted.dec()
+
+    async def predict(request: Request) -> Response:
+        call = _Call(request_id(request.headers.get("x-request-id")))
+        metrics.in_flight.inc()
+        try:
+            status, body, reason, headers = await answer(request, call)
+        finally:
+            metrics.in_flight.dec()
+        if reason is not None:
+            metrics.errors.labels(reason=reason).inc()
+            body = render({"error": body.decode() or _MESSAGES[reason], "request_id": call.id})
+        latency = time.perf_counter() - call.started
+        metrics.requests.labels(code=str(status)).inc()
+        metrics.request_seconds.labels(code=str(status)).observe(latency)
+        access.info("predict", extra={"request_id": call.id, "method": "POST", "path": "/v1/predict",
+                                      "status": status, "latency_ms": round(1000 * latency, 2), "items": call.items,
+                                      "reason": reason, "key_id": call.key, "worker": os.getpid()})
+        return Response(body, status_code=status, media_type="application/json",
+                        headers={**headers, "X-Request-ID": call.id})
 
     async def healthz(request: Request) -> Response:
+        batcher = state["batcher"]
+        problem = batcher.problem(config.liveness_timeout) if batcher is not None else None
+        if problem:
+            return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
         body = {"status": "ready" if state["ready"] else "not ready", "device": runtime.device,
-                "providers": list(getattr(runtime.session, "providers", [])), "task": runtime.task}
+                "providers": list(getattr(runtime.session, "providers", [])), "task": runtime.task,
+                "version": __version__, "artifact_sha256": digest}
         return JSONResponse(body, status_code=200 if state["ready"] else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -200,28 +278,37 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     async def openapi(request: Request) -> Response:
         return JSONResponse(schema)
 
+    async def sampler() -> None:
+        while True:
+            metrics.sample()
+            await asyncio.sleep(1.0)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher = runtime_batcher(runtime, max_batch_tokens=config.max_batch_tokens,
+        batcher = runtime_batcher(runtime, run_batch=run_checked, max_batch_tokens=config.max_batch_tokens,
                                   max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                                   max_queue=config.max_queue, on_batch=metrics.observe_batch)
-        metrics.queue_depth.set_function(lambda: batcher.depth)
+        metrics.watch(batcher, config.max_queue, config.max_concurrent_requests)
         warm = runtime.encode([{"question": "warm up", "context": "warm up"} if runtime.task == "qa" else "warm up"])
         await run_in_threadpool(runtime.run_batch, warm)  # first run allocates; do it before saying ready
         state.update(batcher=batcher, ready=True)
-        log.info("ready: %s on %s", runtime.task, runtime.device)
+        metrics.ready.set(1)
+        sampling = asyncio.ensure_future(sampler())
+        log.info("ready: %s on %s, artifact sha256 %s", runtime.task, runtime.device, digest[:12])
         try:
-            yield
+            yield {EVENT_HOOK: metrics.edge_event}
         finally:
             state["ready"] = False
+            sampling.cancel()
             await run_in_threadpool(batcher.close, True)  # uvicorn has finished in-flight requests by now
+            metrics.shutdown()
             log.info("shut down")
 
     routes = [Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.runtime, app.state.metrics = runtime, metrics
+    app.state.runtime, app.state.metrics, app.state.serving = runtime, metrics, state
     return app
 
 
@@ -234,30 +321,3 @@ def read_api_key(path: str) -> str:
     if not key:
         raise InputError(f"the API key file {path} is empty; put the key on its first line")
     return key
-
-
-def app_from_env() -> Starlette:
-    """uvicorn factory for ``--workers N``: each worker process loads the artifact itself."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
-
-
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          graceful_timeout: float = 30.0) -> None:
-    """Run the server until SIGTERM/SIGINT. With several workers each gets ``threads // workers`` threads."""
-    import uvicorn
-
-    from .session import default_threads
-
-    if workers < 1:
-        raise InputError("--workers must be >= 1")
-    if config.threads is None and workers > 1:
-        config.threads = max(1, default_threads() // workers)  # share the cores instead of oversubscribing them
-    common = dict(host=host, port=port, server_header=False, timeout_graceful_shutdown=graceful_timeout,
-                  log_level="info")
-    if workers == 1:
-        uvicorn.run(create_app(config), **common)
-    else:
-        if config.api_key and not config.api_key_file:
-            raise InputError("with several workers, give the API key as a file (--api-key-file)")
-        os.environ[CONFIG_ENV] = json.dumps({**asdict(config), "api_key": None})
-        uvicorn.run("bertrt.runtime.server:app_from_env", factory=True, workers=workers, **common)
