@@ -77,3 +77,7 @@ class BenchGateError(BertrtError):
     def __init__(self, message: str, refusals: list[dict] | None = None):
         super().__init__(message)
         self.refusals = refusals or []
+
+
+class SigningKeyError(BertrtError):
+    """A signing or trusted public key is missing, unreadable, not PEM or not Ed25519 (or cryptography is absent)."""
