@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from enum import Enum
 from typing import Optional
 
 import typer
@@ -47,3 +48,77 @@ def sign(
     passphrase = os.environ.get(PASSPHRASE_ENV)
     kid = sign_artifact(artifact, key, password=passphrase.encode() if passphrase else None, force=force)
     typer.echo(f"wrote {artifact / SIGNATURE} (key id {kid})")
+
+
+class MaskStyle(str, Enum):
+    tag = "tag"
+    partial = "partial"
+    hash = "hash"
+
+
+@app.command("mask")
+def mask_command(
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to mask. Omit them to read JSONL from --input or "
+                                                "stdin."),
+    input: Optional[Path] = typer.Option(None, "-i", "--input", help='JSONL file, one text per line: a JSON string '
+                                         'or {"text": ...}. Default: stdin when no TEXT is given.'),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help='Write JSONL here instead of stdout: one '
+                                          '{"text": <masked>, "found": [{"type", "start", "end"}]} per input, '
+                                          "offsets into the original text."),
+    style: MaskStyle = typer.Option(MaskStyle.tag, "--style", help="tag: <PHONE>. partial: keep a few characters "
+                                    "(138****5678), for people who must recognise a value. hash: <PHONE:5c1e...>, "
+                                    "a keyed HMAC, when records must still be joined on the value."),
+    types: Optional[str] = typer.Option(None, "--types", help="Comma list of what to mask: EMAIL, PHONE, CARD, "
+                                        "IBAN, IP, CN_ID, URL_CREDENTIALS, and with --ner PERSON, ORG, LOCATION. "
+                                        "Default: all of them. Narrow it when, e.g., IP addresses must stay."),
+    ner: Optional[Path] = typer.Option(None, "--ner", help="An NER artifact (bertrt export of an NER model): its "
+                                       "person, organisation and location entities are masked too."),
+    hash_key_file: Optional[Path] = typer.Option(None, "--hash-key-file", help="Secret key of --style hash (at "
+                                                 "least 16 bytes). Default: the BERTRT_MASK_KEY environment "
+                                                 "variable. Keep it the same to keep tokens stable across runs."),
+    region: Optional[list[str]] = typer.Option(None, "--region", help="Country (ISO code) whose numbers may be "
+                                               "written without a country code; repeat it. Default: CN, then US. "
+                                               "Numbers with +CC are found whatever it says."),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="Ed25519 public key the --ner "
+                                                     "artifact must be signed by (see `bertrt sign`)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
+):
+    """Find and mask personal data: emails, phone numbers, payment cards, IBANs, IP addresses, Chinese resident ID
+    numbers, credentials in URLs, and with --ner names, organisations and places. Prints counts, never values."""
+    import sys
+
+    from tqdm import tqdm
+
+    from .errors import InputError, OutputExistsError
+    from .mask import Masker, load_hash_key, load_ner
+    from .mask.phone import DEFAULT_REGIONS
+    from .mask.stream import mask_stream, texts_of
+
+    if texts and input is not None:
+        raise InputError("give either TEXT arguments or --input, not both")
+    if output is not None and output.exists() and not force:
+        raise OutputExistsError(f"{output} exists; pass --force to overwrite it")
+    if input is not None and not input.is_file():
+        raise InputError(f"input file not found: {input}")
+    key = load_hash_key(hash_key_file) if style == MaskStyle.hash else None
+    runtime = load_ner(ner, trusted_keys=trusted_key or None) if ner is not None else None
+    wanted = [t.strip().upper() for t in types.split(",") if t.strip()] if types else None
+    masker = Masker(wanted, style.value, key, runtime, tuple(r.upper() for r in region) if region else DEFAULT_REGIONS)
+    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
+    try:
+        if texts:
+            counts = mask_stream(masker, iter(texts), out)
+        elif input is not None:
+            with open(input, encoding="utf-8") as f:
+                total = sum(1 for line in f if line.strip())
+            with open(input, encoding="utf-8") as f, tqdm(total=total, unit="text", desc="mask",
+                                                            file=sys.stderr) as bar:
+                counts = mask_stream(masker, texts_of(f, str(input)), out, progress=bar)
+        else:
+            counts = mask_stream(masker, texts_of(sys.stdin, "stdin"), out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    n = counts.pop("texts", 0)
+    found = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+    typer.echo(f"masked {n} texts: {found}", err=True)
