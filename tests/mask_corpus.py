@@ -159,6 +159,10 @@ HARD_NEGATIVES = [
     "SKU 4006381333931 in stock",  # an EAN-13 barcode
     "the user@ sign alone",
     "余额 ¥13800000000 元",
+    "Order #4111111111111111 shipped",  # passes Luhn, but named as an order number
+    "订单号：6200000000000005，运单号 13812345678",
+    "GET /api/orders/5105105105105100 200",
+    "transaction id 11010519491231002X",
 ]
 
 

@@ -13,6 +13,8 @@ offsets (code points) into the original text. Overlaps are resolved by ``finding
 
 from __future__ import annotations
 
+import re
+
 from ..errors import MaskError
 from .findings import ALL_TYPES, NER_TYPES, PATTERN_TYPES, Finding, MaskResult, resolve_overlaps
 from .ner import load_ner, ner_findings
@@ -25,6 +27,13 @@ __all__ = ["Masker", "find", "mask", "Finding", "MaskResult", "load_ner", "load_
 
 _DETECTORS = {"EMAIL": detect_email, "CARD": detect_card, "IBAN": detect_iban, "IP": detect_ip,
               "CN_ID": detect_cn_id, "URL_CREDENTIALS": detect_url_credentials}
+_DIGITS = re.compile(r"\d{2}")
+_HINTS = {  # a cheap test that a text can hold the type at all: most log lines skip most regular expressions
+    "EMAIL": lambda t: "@" in t, "URL_CREDENTIALS": lambda t: "@" in t and "://" in t,
+    "IP": lambda t: "." in t or ":" in t, "IBAN": lambda t: _DIGITS.search(t) is not None,
+    "CARD": lambda t: _DIGITS.search(t) is not None, "CN_ID": lambda t: _DIGITS.search(t) is not None,
+    "PHONE": lambda t: _DIGITS.search(t) is not None,
+}
 
 
 class Masker:
@@ -54,18 +63,22 @@ class Masker:
         self.hash_key, self.regions = hash_key, tuple(regions)
 
     def _patterns(self, text: str) -> list[Finding]:
+        """Pattern findings, overlaps resolved, in text order."""
         found = []
         for kind in self.types:
-            if kind == "PHONE":
-                found += detect_phone(text, self.regions)
-            elif kind in _DETECTORS:
+            if kind in _DETECTORS and _HINTS[kind](text):
                 found += _DETECTORS[kind](text)
+        found = resolve_overlaps(found)
+        if "PHONE" in self.types and _HINTS["PHONE"](text):  # last: it skips what the others already hold,
+            found = sorted(found + detect_phone(text, self.regions, taken=found))  # so nothing overlaps
         return found
 
     def find_many(self, texts: list[str]) -> list[list[Finding]]:
         """Findings of each text, overlaps resolved, in text order (NER runs once over all texts)."""
         texts = list(texts)
-        entities = ner_findings(self.ner, texts) if self.ner is not None else [[] for _ in texts]
+        if self.ner is None:
+            return [self._patterns(t) for t in texts]
+        entities = ner_findings(self.ner, texts)
         return [resolve_overlaps(self._patterns(t) + [e for e in ents if e.type in self.types])
                 for t, ents in zip(texts, entities)]
 

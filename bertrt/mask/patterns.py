@@ -15,8 +15,18 @@ import re
 
 from .findings import Finding
 
+MAX_LOOKBACK = 24  # how far back the context checks (version, order number) look
 _NOT_ALNUM_BEFORE = r"(?<![0-9A-Za-z_])"
 _NOT_ALNUM_AFTER = r"(?![0-9A-Za-z_])"
+# "order 4111...", "订单号：6222...", "/orders/5105...": a number named as an order, tracking, invoice or transaction
+# reference is not a card, ID or phone even when its check digit happens to fit (one random number in ten does)
+REFERENCE_BEFORE_RE = re.compile(r"(?:orders?|tracking|invoice|ref|txn|transaction|订单|单号|运单|流水|发票|交易)"
+                                 r"[\s_\-/#]{0,2}(?:no\.?|number|id|号|编号|号码)?[\s:：#=/]*$", re.IGNORECASE)
+
+
+def named_as_reference(text: str, start: int) -> bool:
+    """Whether the words just before ``start`` name what follows as an order/tracking/transaction number."""
+    return REFERENCE_BEFORE_RE.search(text[max(0, start - MAX_LOOKBACK):start]) is not None
 
 # ------------------------------------------------------------------------------------------------ email, URL
 EMAIL_RE = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9](?:[A-Za-z0-9._%+\-]{0,62}[A-Za-z0-9_%+\-])?"
@@ -37,7 +47,9 @@ def detect_url_credentials(text: str) -> list[Finding]:
 # ------------------------------------------------------------------------------------------------ IP addresses
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 IPV4_RE = re.compile(rf"(?<![0-9A-Za-z_.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9A-Za-z_]|\.\d)")
-IPV6_RE = re.compile(r"(?<![0-9A-Za-z_:.])(?=[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:][0-9A-Fa-f:.]{1,44}(?![0-9A-Za-z_:])")
+# an address has "::" or seven colons (six before an embedded IPv4): times such as 12:30:45 never start a match
+IPV6_RE = re.compile(r"(?<![0-9A-Za-z_:.])(?=[0-9A-Fa-f]{0,4}:)(?=[0-9A-Fa-f:.]*::|(?:[0-9A-Fa-f]{0,4}:){6})"
+                     r"[0-9A-Fa-f:][0-9A-Fa-f:.]{1,44}(?![0-9A-Za-z_:])")
 # "version 1.2.3.4", "v 10.0.0.1", "版本 2.1.0.3": four-part version numbers are not addresses
 VERSION_BEFORE_RE = re.compile(r"(?:version|release|build|ver\.?|v|版本号?|版本)[\s:：=]*$", re.IGNORECASE)
 
@@ -45,12 +57,12 @@ VERSION_BEFORE_RE = re.compile(r"(?:version|release|build|ver\.?|v|版本号?|�
 def detect_ip(text: str) -> list[Finding]:
     found = []
     for m in IPV4_RE.finditer(text):
-        if not VERSION_BEFORE_RE.search(text[max(0, m.start() - 12):m.start()]):
+        if not VERSION_BEFORE_RE.search(text[max(0, m.start() - MAX_LOOKBACK):m.start()]):
             found.append(Finding(m.start(), m.end(), "IP"))
     for m in IPV6_RE.finditer(text):
         s = m.group().rstrip(".")
-        if s.count(":") < 2 or not any(c.isdigit() for c in s):
-            continue  # "std::x", "::" and "dead::beef" are code or words, not addresses
+        if ("::" not in s and s.count(":") < 6) or not any(c.isdigit() for c in s):
+            continue  # times (12:30:45), "::" and "dead::beef" are not addresses; a full one has 7 colons
         try:
             ipaddress.IPv6Address(s)
         except ValueError:
@@ -61,13 +73,13 @@ def detect_ip(text: str) -> list[Finding]:
 
 # ------------------------------------------------------------------------------------------------ payment cards
 CARD_RE = re.compile(_NOT_ALNUM_BEFORE + r"\d(?:[ \-]?\d){12,18}" + _NOT_ALNUM_AFTER)
-# (prefix, allowed lengths): Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro
-CARD_BRANDS = [(("4",), (13, 16, 19)), (("51", "52", "53", "54", "55") + tuple(str(i) for i in range(2221, 2721)),
-                                        (16,)),
-               (("34", "37"), (15,)), (("6011", "644", "645", "646", "647", "648", "649", "65"), (16, 17, 18, 19)),
-               (tuple(str(i) for i in range(3528, 3590)), (16, 17, 18, 19)),
-               (("300", "301", "302", "303", "304", "305", "36", "38", "39"), (14, 15, 16, 17, 18, 19)),
-               (("62", "81"), (16, 17, 18, 19)), (("50", "56", "57", "58", "67"), (12, 13, 14, 15, 16, 17, 18, 19))]
+# (first digits as a number range, allowed lengths): Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro
+CARD_BRANDS = [((4, 4), (13, 16, 19)), ((51, 55), (16,)), ((2221, 2720), (16,)), ((34, 34), (15,)), ((37, 37), (15,)),
+               ((6011, 6011), (16, 17, 18, 19)), ((644, 649), (16, 17, 18, 19)), ((65, 65), (16, 17, 18, 19)),
+               ((3528, 3589), (16, 17, 18, 19)), ((300, 305), (14, 15, 16, 17, 18, 19)),
+               ((36, 36), (14, 15, 16, 17, 18, 19)), ((38, 39), (14, 15, 16, 17, 18, 19)),
+               ((62, 62), (16, 17, 18, 19)), ((81, 81), (16, 17, 18, 19)), ((50, 50), tuple(range(12, 20))),
+               ((56, 58), tuple(range(12, 20))), ((67, 67), tuple(range(12, 20)))]
 
 
 def luhn_ok(digits: str) -> bool:
@@ -81,7 +93,10 @@ def luhn_ok(digits: str) -> bool:
 
 
 def card_brand_ok(digits: str) -> bool:
-    return any(len(digits) in lengths and digits.startswith(prefixes) for prefixes, lengths in CARD_BRANDS)
+    for (lo, hi), lengths in CARD_BRANDS:
+        if len(digits) in lengths and lo <= int(digits[:len(str(lo))]) <= hi:
+            return True
+    return False
 
 
 def detect_card(text: str) -> list[Finding]:
@@ -91,7 +106,7 @@ def detect_card(text: str) -> list[Finding]:
         if " " in s and "-" in s:
             continue  # real card numbers use one kind of separator
         digits = s.replace(" ", "").replace("-", "")
-        if card_brand_ok(digits) and luhn_ok(digits):
+        if card_brand_ok(digits) and luhn_ok(digits) and not named_as_reference(text, m.start()):
             found.append(Finding(m.start(), m.end(), "CARD"))
     return found
 
@@ -159,4 +174,5 @@ def cn_id_ok(s: str, today: datetime.date | None = None) -> bool:
 
 
 def detect_cn_id(text: str) -> list[Finding]:
-    return [Finding(m.start(), m.end(), "CN_ID") for m in CN_ID_RE.finditer(text) if cn_id_ok(m.group())]
+    return [Finding(m.start(), m.end(), "CN_ID") for m in CN_ID_RE.finditer(text)
+            if cn_id_ok(m.group()) and not named_as_reference(text, m.start())]

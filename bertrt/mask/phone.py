@@ -10,15 +10,20 @@ timestamp's 2026120123 is a valid Guangzhou number): an international prefix (+8
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 
 from .findings import Finding
+from .patterns import named_as_reference
 
 DEFAULT_REGIONS = ("CN", "US")
+MIN_DIGITS, MAX_DIGITS = 7, 17  # the shortest local numbers; E.164's 15 digits plus an international prefix
 # not inside a word, a decimal, a date, a time (12:30) or an amount (¥, $, ...); "tel:138..." is fine
-CANDIDATE_RE = re.compile(r"(?<![0-9A-Za-z_+\-/.$¥￥€£])(?<!\d:)(?:\+|\()?\d[\d \-()]{5,28}\d\)?(?![0-9A-Za-z_]|[.:/]\d)")
-TOKEN_RE = re.compile(r"\+?\(?\d+\)?")
+CANDIDATE_RE = re.compile(r"(?<![0-9A-Za-z_+\-/.$¥￥€£])(?<!\d:)"
+                          r"(?!(?:19|20)\d\d[-/](?:0?[1-9]|1[0-2])[-/](?:0?[1-9]|[12]\d|3[01])(?!\d))"  # a date
+                          r"(?:\+|\()?\d[\d \-()]{5,28}\d\)?(?![0-9A-Za-z_]|[.:/]\d)")
+TOKEN_RE = re.compile(r"\+?\(?(\d+)\)?")
 DATE_RE = re.compile(r"^\(?(?:19|20)\d\d[-/ ](?:0?[1-9]|1[0-2])[-/ ](?:0?[1-9]|[12]\d|3[01])(?!\d)")
 GROUPS_RE = re.compile(r"\d+")
 
@@ -43,7 +48,7 @@ def parse_phone(candidate: str, regions: tuple[str, ...]) -> tuple[str, int] | N
     one, else None. Cached: logs repeat the same numbers."""
     pn = _pn()
     digits = "".join(GROUPS_RE.findall(candidate))
-    if not 7 <= len(digits) <= 17 or DATE_RE.match(candidate):
+    if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or DATE_RE.match(candidate):
         return None
     international = candidate.startswith("+") or (candidate.startswith("00") and len(digits) > 10)
     for region in regions:
@@ -65,18 +70,31 @@ def parse_phone(candidate: str, regions: tuple[str, ...]) -> tuple[str, int] | N
     return None
 
 
-def detect_phone(text: str, regions: tuple[str, ...] = DEFAULT_REGIONS) -> list[Finding]:
+def detect_phone(text: str, regions: tuple[str, ...] = DEFAULT_REGIONS, taken: list[Finding] = ()) -> list[Finding]:
+    """Phone numbers in ``text``. ``taken``: disjoint findings of higher priority, in text order; runs that
+    overlap one are not parsed (they would lose to it anyway), which saves most of the time on card numbers."""
     found = []
+    starts = [f.start for f in taken]
     for m in CANDIDATE_RE.finditer(text):
-        tokens = [(t.start(), t.end()) for t in TOKEN_RE.finditer(m.group())]
+        if named_as_reference(text, m.start()):
+            continue
+        cand = m.group()
+        tokens = [(t.start(), t.end(), t.end(1) - t.start(1)) for t in TOKEN_RE.finditer(cand)]
         i = 0
         while i < len(tokens):  # leftmost, then longest run of whole groups that is a phone number
+            digits = sum(t[2] for t in tokens[i:])
             for j in range(len(tokens), i, -1):
+                if j < len(tokens):
+                    digits -= tokens[j][2]
+                if not MIN_DIGITS <= digits <= MAX_DIGITS:
+                    continue  # decided without parsing: most runs in logs are dates and short numbers
                 a, b = tokens[i][0], tokens[j - 1][1]
-                s = m.group()[a:b].lstrip(")")
-                a += len(m.group()[a:b]) - len(s)
+                s = cand[a:b].lstrip(")")
+                a += b - a - len(s)
                 if s.endswith(")") and "(" not in s:
                     s, b = s[:-1], b - 1
+                if _overlaps(taken, starts, m.start() + a, m.start() + b):
+                    continue
                 if parse_phone(s, regions):
                     found.append(Finding(m.start() + a, m.start() + b, "PHONE"))
                     i = j
@@ -84,3 +102,8 @@ def detect_phone(text: str, regions: tuple[str, ...] = DEFAULT_REGIONS) -> list[
             else:
                 i += 1
     return found
+
+
+def _overlaps(taken: list[Finding], starts: list[int], start: int, end: int) -> bool:
+    i = bisect.bisect_left(starts, end)  # taken[i - 1] is the last one starting before ``end``
+    return i > 0 and taken[i - 1].end > start
