@@ -319,37 +319,17 @@ def predict(
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
 ):
     """Predict with an artifact: one JSON object per input, in input order (labels, entities, answers, vectors)."""
-    from tqdm import tqdm
-
-    from .errors import InputError, OutputExistsError
+    from .errors import InputError
     from .runtime import Runtime
-    from .runtime.jsonl import predict_stream, read_inputs
+    from .runtime.jsonl import check_io, predict_stream, read_inputs, run_io
 
-    if texts and input is not None:
-        raise InputError("give either TEXT arguments or --input, not both")
-    if output is not None and output.exists() and not force:
-        raise OutputExistsError(f"{output} exists; pass --force to overwrite it")
-    if input is not None and not input.is_file():
-        raise InputError(f"input file not found: {input}")
+    check_io(texts, input, output, force)
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
                  max_batch_size=batch_size, trusted_keys=trusted_key or None)
     if texts and rt.task == "qa":
         raise InputError('a qa artifact needs {"question", "context"} objects: give them as JSONL with --input')
-    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
-    try:
-        if texts:
-            predict_stream(rt, iter(texts), out, chunk_size=1024)
-        elif input is not None:
-            with open(input, encoding="utf-8") as f:
-                total = sum(1 for line in f if line.strip())
-            with open(input, encoding="utf-8") as f, tqdm(total=total, unit="input", desc="predict",
-                                                            file=sys.stderr) as bar:
-                predict_stream(rt, read_inputs(f, str(input)), out, chunk_size=1024, progress=bar)
-        else:
-            predict_stream(rt, read_inputs(sys.stdin, "stdin"), out, chunk_size=1024)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    run_io(texts, input, output, read_inputs,
+           lambda items, out, bar: predict_stream(rt, items, out, chunk_size=1024, progress=bar), "predict", "input")
 
 
 @app.command()

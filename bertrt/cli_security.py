@@ -85,40 +85,18 @@ def mask_command(
 ):
     """Find and mask personal data: emails, phone numbers, payment cards, IBANs, IP addresses, Chinese resident ID
     numbers, credentials in URLs, and with --ner names, organisations and places. Prints counts, never values."""
-    import sys
-
-    from tqdm import tqdm
-
-    from .errors import InputError, OutputExistsError
     from .mask import Masker, load_hash_key, load_ner
     from .mask.phone import DEFAULT_REGIONS
     from .mask.stream import mask_stream, texts_of
+    from .runtime.jsonl import check_io, run_io
 
-    if texts and input is not None:
-        raise InputError("give either TEXT arguments or --input, not both")
-    if output is not None and output.exists() and not force:
-        raise OutputExistsError(f"{output} exists; pass --force to overwrite it")
-    if input is not None and not input.is_file():
-        raise InputError(f"input file not found: {input}")
+    check_io(texts, input, output, force)
     key = load_hash_key(hash_key_file) if style == MaskStyle.hash else None
     runtime = load_ner(ner, trusted_keys=trusted_key or None) if ner is not None else None
     wanted = [t.strip().upper() for t in types.split(",") if t.strip()] if types else None
     masker = Masker(wanted, style.value, key, runtime, tuple(r.upper() for r in region) if region else DEFAULT_REGIONS)
-    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
-    try:
-        if texts:
-            counts = mask_stream(masker, iter(texts), out)
-        elif input is not None:
-            with open(input, encoding="utf-8") as f:
-                total = sum(1 for line in f if line.strip())
-            with open(input, encoding="utf-8") as f, tqdm(total=total, unit="text", desc="mask",
-                                                            file=sys.stderr) as bar:
-                counts = mask_stream(masker, texts_of(f, str(input)), out, progress=bar)
-        else:
-            counts = mask_stream(masker, texts_of(sys.stdin, "stdin"), out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    counts = run_io(texts, input, output, texts_of,
+                    lambda items, out, bar: mask_stream(masker, items, out, progress=bar), "mask", "text")
     n = counts.pop("texts", 0)
     found = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
     typer.echo(f"masked {n} texts: {found}", err=True)

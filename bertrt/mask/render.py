@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import ipaddress
 import os
-import re
 from pathlib import Path
 
 from ..errors import MaskError
@@ -18,7 +17,6 @@ STYLES = ("tag", "partial", "hash")
 HASH_KEY_ENV = "BERTRT_MASK_KEY"
 MIN_KEY_BYTES = 16
 TOKEN_HEX = 16  # 64 bits of the HMAC: collisions stay negligible for billions of distinct values
-_DIGIT = re.compile(r"\d")
 
 
 def load_hash_key(path: str | os.PathLike | None = None, env: str = HASH_KEY_ENV) -> bytes:
@@ -55,24 +53,13 @@ def normalise(kind: str, value: str, regions: tuple[str, ...] = DEFAULT_REGIONS)
     return value
 
 
-def _star_digits(s: str, head: int, tail: int) -> str:
-    """Replace every digit of ``s`` but the first ``head`` and last ``tail`` digits by '*'; separators stay."""
-    n = len(_DIGIT.findall(s))
+def _star(s: str, head: int, tail: int, counted=str.isdigit) -> str:
+    """Replace every ``counted`` character of ``s`` but the first ``head`` and the last ``tail`` of them by '*';
+    the others (separators) stay."""
+    n = sum(map(counted, s))
     out, seen = [], 0
     for c in s:
-        if c.isdigit():
-            out.append(c if seen < head or seen >= n - tail else "*")
-            seen += 1
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _star_alnum(s: str, head: int, tail: int) -> str:
-    n = sum(c.isalnum() for c in s)
-    out, seen = [], 0
-    for c in s:
-        if c.isalnum():
+        if counted(c):
             out.append(c if seen < head or seen >= n - tail else "*")
             seen += 1
         else:
@@ -84,19 +71,19 @@ def partial(kind: str, value: str, regions: tuple[str, ...] = DEFAULT_REGIONS) -
     """``value`` with most of it hidden; what is kept is documented per type in the README's Security section."""
     if kind == "PHONE":
         parsed = parse_phone(value, regions)
-        digits = len(_DIGIT.findall(value))
+        digits = sum(map(str.isdigit, value))
         nsn = parsed[1] if parsed else digits
         head = min(3, max(0, nsn - 7))
-        return _star_digits(value, max(0, digits - nsn) + head, min(4, nsn - head - 3))
+        return _star(value, max(0, digits - nsn) + head, min(4, nsn - head - 3))
     if kind == "EMAIL":
         local, _, domain = value.rpartition("@")
         return f"{local[0]}***@{domain}"
     if kind == "CARD":
-        return _star_digits(value, 0, 4)
+        return _star(value, 0, 4)
     if kind == "IBAN":
-        return _star_alnum(value, 2, 4)
+        return _star(value, 2, 4, str.isalnum)
     if kind == "CN_ID":
-        return _star_alnum(value, 3, 4)
+        return _star(value, 3, 4, str.isalnum)
     if kind == "IP":
         ip = ipaddress.ip_address(value)
         if ip.version == 4:
