@@ -118,7 +118,7 @@ def load_manifest(path: str | os.PathLike, verify: bool = True, trusted_keys=Non
 
     ``trusted_keys`` (Ed25519 public keys: PEM file paths or PEM bytes): refuse the artifact unless ``bertrt.sig``
     holds a signature of the manifest by one of them; file hashes are then always checked, whatever ``verify``
-    says. Every problem is one ``ArtifactError`` (key files that cannot be used: ``SigningKeyError``).
+    says, and files the manifest does not list are refused. Every problem is one ``ArtifactError`` (key files that cannot be used: ``SigningKeyError``).
     """
     path = Path(path)
     if not path.is_dir():
@@ -149,6 +149,13 @@ def load_manifest(path: str | os.PathLike, verify: bool = True, trusted_keys=Non
             if actual != digest:
                 raise ArtifactError(f"{path}: {name} was modified or corrupted (sha256 {actual[:12]}..., manifest "
                                     f"says {digest[:12]}...); re-export the artifact")
+    if trusted_keys is not None:  # a file the signature does not cover (e.g. ONNX external data) must not be there
+        listed = set(manifest["files"]) | {MANIFEST, SIGNATURE}
+        extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if not p.is_dir() and p.relative_to(path).as_posix() not in listed)
+        if extra:
+            raise ArtifactError(f"{path} holds files its signed manifest does not list ({', '.join(extra[:5])}); "
+                                "remove them or rebuild and sign the artifact")
     return manifest
 
 

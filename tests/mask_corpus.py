@@ -42,6 +42,7 @@ POSITIVES = {
         "用户 {PHONE|15012345678} 下单 2 次",
         "杭州 {PHONE|0571-8502 2088}，成都 {PHONE|028-8765 4321}",
         "Hong Kong {PHONE|+852 2123 4567}",
+        "US line {PHONE|1 212-555-0123}, Beijing office {PHONE|01062345678}",
         "user_id=42 phone:{PHONE|13812345678} tel:{PHONE|+1 (415) 555-2671}",
     ],
     "CARD": [
@@ -163,6 +164,7 @@ HARD_NEGATIVES = [
     "订单号：6200000000000005，运单号 13812345678",
     "GET /api/orders/5105105105105100 200",
     "transaction id 11010519491231002X",
+    "batch 12345678901 queued",  # a valid US number with trunk 1 would need to be written as one
 ]
 
 

@@ -98,6 +98,15 @@ def test_tampered_manifest_is_refused(art, keys):
     one_error_line(r, "signature does not match the manifest")
 
 
+def test_unlisted_file_in_a_signed_artifact_is_refused(art, keys):
+    sign_artifact(art, keys["a"][0])
+    (art / "sub").mkdir()
+    (art / "sub" / "model.onnx.data").write_bytes(b"weights the signature does not cover")
+    load_manifest(art)  # without keys, extra files are not looked at
+    with pytest.raises(ArtifactError, match="files its signed manifest does not list \\(sub/model.onnx.data\\)"):
+        load_manifest(art, trusted_keys=[keys["a"][1]])
+
+
 def test_wrong_key_and_corrupt_signature_are_refused(art, keys):
     sign_artifact(art, keys["a"][0])
     with pytest.raises(ArtifactError, match=f"signed by key {keys['a'][2]}, which is not among the trusted keys"):

@@ -51,7 +51,7 @@ def parse_phone(candidate: str, regions: tuple[str, ...]) -> tuple[str, int] | N
     if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or DATE_RE.match(candidate):
         return None
     international = candidate.startswith("+") or (candidate.startswith("00") and len(digits) > 10)
-    for region in regions:
+    for region in regions[:1] if candidate.startswith("+") else regions:  # "+CC": the region does not matter
         try:
             number = pn.parse(candidate, None if candidate.startswith("+") else region)
         except pn.NumberParseException:
@@ -60,8 +60,11 @@ def parse_phone(candidate: str, regions: tuple[str, ...]) -> tuple[str, int] | N
             continue
         nsn = pn.national_significant_number(number)
         if not international:
+            # a trunk prefix is evidence when it is a 0 (010-..., 01062345678) or set apart (1 212-555-0123);
+            # a bare run of digits that merely starts with 1 is not
             prefix = pn.PhoneMetadata.metadata_for_region(region).national_prefix or ""
-            trunk = bool(prefix) and len(digits) > len(nsn) and digits.startswith(prefix)
+            trunk = bool(prefix) and len(digits) > len(nsn) and digits.startswith(prefix) \
+                and (prefix.startswith("0") or len(_groups(candidate)) > 1)
             mobile = pn.number_type(number) == pn.PhoneNumberType.MOBILE
             as_written = _groups(candidate) == _groups(pn.format_number(number, pn.PhoneNumberFormat.NATIONAL))
             if not (trunk or mobile or as_written):
