@@ -143,7 +143,8 @@ def check_signature(where: str, manifest_bytes: bytes, sig_path: Path, trusted_k
     """Raise ``ArtifactError`` unless ``sig_path`` holds a valid signature of ``manifest_bytes`` by one of
     ``trusted_keys`` (PEM paths or PEM bytes); return the id of the key that signed it."""
     _, _, InvalidSignature = _crypto()
-    keys = list(trusted_keys)
+    single = isinstance(trusted_keys, (str, bytes, bytearray, os.PathLike))  # one key given bare, not in a list
+    keys = [trusted_keys] if single else list(trusted_keys)
     if not keys:
         raise SigningKeyError("trusted_keys is empty: give at least one public key, or None to skip signatures")
     trusted = {}

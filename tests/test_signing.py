@@ -61,7 +61,7 @@ def test_signed_artifact_loads_under_trusted_keys_and_predicts_the_same(art, key
     assert sig["algorithm"] == "ed25519" and sig["key_id"] == kid and len(base64.b64decode(sig["signature"])) == 64
     plain = Runtime(art, device="cpu", threads=1).predict(TEXTS)
     # a path, PEM bytes, and several keys of which one signed
-    for trusted in ([pub], [pub.read_bytes()], [keys["b"][1], str(pub)]):
+    for trusted in ([pub], [pub.read_bytes()], [keys["b"][1], str(pub)], str(pub), pub.read_bytes()):
         assert Runtime(art, device="cpu", threads=1, trusted_keys=trusted).predict(TEXTS) == plain
     with pytest.raises(OutputExistsError, match="--force"):
         sign_artifact(art, priv)
