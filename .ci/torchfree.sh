@@ -64,3 +64,13 @@ heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transform
 assert not heavy, heavy
 print(f"torchfree: bertrt predict on a {task} artifact gave {len(outputs)} checked outputs; no torch loaded")
 PY
+
+# a serving box signs, checks signatures and masks without torch: [serve] brings cryptography and phonenumbers
+BIN="$WORK/venv/bin/bertrt"
+"$BIN" keygen "$WORK/k.pem" >/dev/null
+cp -r "$ART" "$WORK/signed" && "$BIN" sign "$WORK/signed" --key "$WORK/k.pem" >/dev/null
+"$BIN" verify "$WORK/signed" --hashes-only --trusted-key "$WORK/k.pem.pub"
+MASKED=$("$BIN" mask 'tel 13812345678' 2>/dev/null)
+test "$MASKED" = '{"text": "tel <PHONE>", "found": [{"type": "PHONE", "start": 4, "end": 15}]}' || {
+    echo "torchfree: bertrt mask printed $MASKED" >&2; exit 1; }
+echo "torchfree: sign, verify --trusted-key and mask work without torch"

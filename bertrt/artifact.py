@@ -3,7 +3,9 @@
 An artifact is a directory with ``model.onnx``, ``tokenizer.json`` and ``bertrt.json``, the manifest. The manifest
 records how the model was built (task, labels, sequence length, input/output names, pooling, precision and
 quantization recipe, pruning summary, parity report, versions) and the sha256 of every other file, which
-``load_manifest`` checks before anything is used. Torch-free: the runtime imports this module.
+``load_manifest`` checks before anything is used. ``bertrt sign`` adds ``bertrt.sig``, an Ed25519 signature of the
+manifest's bytes; ``load_manifest(..., trusted_keys=...)`` then refuses artifacts not signed by a trusted key.
+File names in the manifest must stay inside the artifact folder. Torch-free: the runtime imports this module.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST = "bertrt.json"
+SIGNATURE = "bertrt.sig"  # optional: an Ed25519 signature of the manifest's bytes (see bertrt/signing.py)
 REQUIRED_KEYS = ("format_version", "task", "labels", "max_length", "inputs", "outputs", "precision", "files")
 TASK_OUTPUTS = {  # ONNX output names per task, in order
     "classify": ["logits"],
@@ -50,42 +53,109 @@ def write_artifact(path: str | os.PathLike, files: dict[str, str | os.PathLike],
     return Path(path)
 
 
-def validate_manifest(manifest: dict, where: str) -> None:
+def validate_manifest(manifest, where: str) -> None:
+    """Raise ``ArtifactError`` naming every problem of the first kind found: missing keys, wrong types, an unknown
+    task, or a file name that could leave the artifact folder (absolute, ``..``, backslashes)."""
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{where}: the manifest is a JSON {type(manifest).__name__}, not an object; re-export "
+                            "the artifact")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ArtifactError(f"{where}: the manifest lacks {', '.join(missing)}")
+    wrong = [f"{key} should be {what}" for key, what, ok in _FIELD_TYPES if not ok(manifest[key])]
+    if wrong:
+        raise ArtifactError(f"{where}: malformed manifest: {'; '.join(wrong)}; re-export the artifact")
     if manifest["format_version"] > FORMAT_VERSION:
         raise ArtifactError(f"{where} has format version {manifest['format_version']}, newer than this bertrt reads "
                             f"({FORMAT_VERSION}); upgrade bertrt")
     if manifest["task"] not in TASK_OUTPUTS:
         raise ArtifactError(f"{where}: unknown task {manifest['task']!r} in the manifest")
+    bad = [name for name in manifest["files"] if not _safe_name(name)]
+    if bad:
+        raise ArtifactError(f"{where}: the manifest names files outside the artifact folder or reserved names: "
+                            f"{', '.join(repr(n) for n in bad)}; refusing to read it")
     for name in ("model.onnx", "tokenizer.json"):
         if name not in manifest["files"]:
             raise ArtifactError(f"{where}: the manifest lists no {name}")
 
 
-def load_manifest(path: str | os.PathLike, verify: bool = True) -> dict:
-    """Read and validate ``bertrt.json``; with ``verify`` (the default) check every file's sha256 first."""
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _digest_map(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, str) and len(d) == 64
+                                       and all(c in "0123456789abcdef" for c in d) for k, d in v.items())
+
+
+_FIELD_TYPES = (  # (key, what it must be, check)
+    ("format_version", "an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    ("task", "a string", lambda v: isinstance(v, str)),
+    ("labels", "a list of strings", _str_list),
+    ("max_length", "a positive integer", lambda v: _is_int(v) and v > 0),
+    ("inputs", "a list of strings", _str_list),
+    ("outputs", "a list of strings", _str_list),
+    ("precision", "a string", lambda v: isinstance(v, str)),
+    ("files", "an object of file name -> 64-digit lowercase hex sha256", _digest_map),
+)
+
+
+def _safe_name(name: str) -> bool:
+    """A relative POSIX path inside the artifact: no absolute path, drive, backslash, NUL, ``.`` or ``..`` part,
+    and not the manifest or its signature."""
+    if not name or "\\" in name or "\0" in name or ":" in name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") for p in parts) and name not in (MANIFEST, SIGNATURE)
+
+
+def load_manifest(path: str | os.PathLike, verify: bool = True, trusted_keys=None) -> dict:
+    """Read and validate ``bertrt.json``; with ``verify`` (the default) check every file's sha256 first.
+
+    ``trusted_keys`` (Ed25519 public keys: PEM file paths or PEM bytes): refuse the artifact unless ``bertrt.sig``
+    holds a signature of the manifest by one of them; file hashes are then always checked, whatever ``verify``
+    says, and files the manifest does not list are refused. Every problem is one ``ArtifactError`` (key files that cannot be used: ``SigningKeyError``).
+    """
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"artifact directory not found: {path}")
     mf = path / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"{path} is not a bertrt artifact (no {MANIFEST}); create one with `bertrt export`")
+    raw = mf.read_bytes()  # read once: the bytes whose signature is checked are the bytes that are parsed
+    if trusted_keys is not None:
+        from .signing import check_signature
+
+        check_signature(str(path), raw, path / SIGNATURE, trusted_keys)
+        verify = True
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(f"{mf} is not valid JSON: {e}") from None
     validate_manifest(manifest, where=str(path))
     if verify:
+        root = path.resolve()
         for name, digest in manifest["files"].items():
             f = path / name
+            if not f.resolve().is_relative_to(root):
+                raise ArtifactError(f"{path}: {name} is a link to outside the artifact folder; refusing to read it")
             if not f.is_file():
                 raise ArtifactError(f"{path}: {name} is missing")
             actual = sha256_file(f)
             if actual != digest:
                 raise ArtifactError(f"{path}: {name} was modified or corrupted (sha256 {actual[:12]}..., manifest "
                                     f"says {digest[:12]}...); re-export the artifact")
+    if trusted_keys is not None:  # a file the signature does not cover (e.g. ONNX external data) must not be there
+        listed = set(manifest["files"]) | {MANIFEST, SIGNATURE}
+        extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if not p.is_dir() and p.relative_to(path).as_posix() not in listed)
+        if extra:
+            raise ArtifactError(f"{path} holds files its signed manifest does not list ({', '.join(extra[:5])}); "
+                                "remove them or rebuild and sign the artifact")
     return manifest
 
 

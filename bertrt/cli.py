@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .cli_security import app as security_app
 from .errors import BertrtError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Train and inspect WordPiece tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(security_app)  # keygen, sign, mask: top-level commands kept in their own module
 
 
 def _version(value: bool):
@@ -285,6 +287,11 @@ def demo(
 
 
 # ---------------------------------------------------------------------------------------------------- runtime
+TRUSTED_KEY_HELP = ("Ed25519 public key (PEM, from `bertrt keygen`) the artifact must be signed by (`bertrt sign`); "
+                    "repeat it to trust several keys, e.g. while rotating. Unsigned or changed artifacts are "
+                    "refused. Use it whenever artifacts reach this machine through hands you do not control.")
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -308,40 +315,21 @@ def predict(
                                    "GPU with short texts, lower it to reduce memory."),
     max_batch_tokens: int = typer.Option(16384, help="Most tokens per batch, padding included (rows x padded "
                                          "length). Lower it if memory is tight with long texts."),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
 ):
     """Predict with an artifact: one JSON object per input, in input order (labels, entities, answers, vectors)."""
-    from tqdm import tqdm
-
-    from .errors import InputError, OutputExistsError
+    from .errors import InputError
     from .runtime import Runtime
-    from .runtime.jsonl import predict_stream, read_inputs
+    from .runtime.jsonl import check_io, predict_stream, read_inputs, run_io
 
-    if texts and input is not None:
-        raise InputError("give either TEXT arguments or --input, not both")
-    if output is not None and output.exists() and not force:
-        raise OutputExistsError(f"{output} exists; pass --force to overwrite it")
-    if input is not None and not input.is_file():
-        raise InputError(f"input file not found: {input}")
+    check_io(texts, input, output, force)
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
-                 max_batch_size=batch_size)
+                 max_batch_size=batch_size, trusted_keys=trusted_key or None)
     if texts and rt.task == "qa":
         raise InputError('a qa artifact needs {"question", "context"} objects: give them as JSONL with --input')
-    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
-    try:
-        if texts:
-            predict_stream(rt, iter(texts), out, chunk_size=1024)
-        elif input is not None:
-            with open(input, encoding="utf-8") as f:
-                total = sum(1 for line in f if line.strip())
-            with open(input, encoding="utf-8") as f, tqdm(total=total, unit="input", desc="predict",
-                                                            file=sys.stderr) as bar:
-                predict_stream(rt, read_inputs(f, str(input)), out, chunk_size=1024, progress=bar)
-        else:
-            predict_stream(rt, read_inputs(sys.stdin, "stdin"), out, chunk_size=1024)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    run_io(texts, input, output, read_inputs,
+           lambda items, out, bar: predict_stream(rt, items, out, chunk_size=1024, progress=bar), "predict", "input")
 
 
 class LogLevel(str, Enum):
@@ -576,14 +564,17 @@ def verify(
                                               "the manifest (refused if its weights changed)."),
     hashes_only: bool = typer.Option(False, "--hashes-only", help="Only check the sha256 of every file (no torch "
                                      "needed): use it on serving machines."),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
 ):
     """Re-check an artifact: the sha256 of every file, then the parity gates against the PyTorch model."""
-    if hashes_only:
+    if hashes_only or trusted_key:
         from .artifact import load_manifest
 
-        m = load_manifest(artifact, verify=True)
-        typer.echo(f"{artifact}: sha256 of {len(m['files'])} files verified")
-        return
+        m = load_manifest(artifact, verify=True, trusted_keys=trusted_key or None)
+        signed = ", signature by a trusted key verified" if trusted_key else ""
+        typer.echo(f"{artifact}: sha256 of {len(m['files'])} files verified{signed}")
+        if hashes_only:
+            return
     from .converters.pipeline import verify_artifact
 
     report = verify_artifact(artifact, eval_path=str(eval_data) if eval_data else None,

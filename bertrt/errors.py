@@ -81,3 +81,11 @@ class BenchGateError(BertrtError):
     def __init__(self, message: str, refusals: list[dict] | None = None):
         super().__init__(message)
         self.refusals = refusals or []
+
+
+class SigningKeyError(BertrtError):
+    """A signing or trusted public key is missing, unreadable, not PEM or not Ed25519 (or cryptography is absent)."""
+
+
+class MaskError(BertrtError):
+    """Masking cannot run as asked: an unknown type or style, hash style without a key, NER types without --ner."""

@@ -1,11 +1,14 @@
-"""JSONL in, JSONL out for ``bertrt predict``: one output object per input line, in order, streamed in chunks."""
+"""JSONL in, JSONL out for ``bertrt predict`` and ``bertrt mask``: one output object per input line, in order,
+streamed in chunks."""
 
 from __future__ import annotations
 
 import json
-from typing import IO, Iterable, Iterator
+import sys
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator
 
-from ..errors import InputError
+from ..errors import InputError, OutputExistsError
 
 FIELDS = {"text", "text_pair", "question", "context"}
 
@@ -55,3 +58,35 @@ def predict_stream(runtime, items: Iterator, out: IO[str], chunk_size: int = 256
             progress.update(len(chunk))
     out.flush()
     return written
+
+
+def check_io(texts: list | None, input: Path | None, output: Path | None, force: bool) -> None:
+    """Refuse, before any work, TEXT arguments together with --input, an existing --output without --force, and a
+    missing --input file."""
+    if texts and input is not None:
+        raise InputError("give either TEXT arguments or --input, not both")
+    if output is not None and output.exists() and not force:
+        raise OutputExistsError(f"{output} exists; pass --force to overwrite it")
+    if input is not None and not input.is_file():
+        raise InputError(f"input file not found: {input}")
+
+
+def run_io(texts: list | None, input: Path | None, output: Path | None, parse: Callable, handle: Callable,
+           desc: str, unit: str):
+    """Feed ``handle(items, out, progress)`` from TEXT arguments, the --input JSONL file (with a progress bar on
+    stderr) or stdin, parsed by ``parse(lines, name)``; ``out`` is --output or stdout. Returns what it returns."""
+    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
+    try:
+        if texts:
+            return handle(iter(texts), out, None)
+        if input is None:
+            return handle(parse(sys.stdin, "stdin"), out, None)
+        from tqdm import tqdm
+
+        with open(input, encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip())
+        with open(input, encoding="utf-8") as f, tqdm(total=total, unit=unit, desc=desc, file=sys.stderr) as bar:
+            return handle(parse(f, str(input)), out, bar)
+    finally:
+        if out is not sys.stdout:
+            out.close()

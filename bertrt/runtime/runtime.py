@@ -21,13 +21,14 @@ class Runtime:
     ``device``: "auto" (CUDA when onnxruntime offers it, else CPU), "cpu" or "cuda"; a requested device that is
     not really active raises ``DeviceError``. ``threads``: ONNX Runtime intra-op threads (default: the cores this
     process may use; under several workers give each its share). ``max_batch_tokens`` bounds rows x padded length
-    of each batch ``predict`` runs; inputs are bucketed by length so that padding stays small.
+    of each batch ``predict`` runs; inputs are bucketed by length so that padding stays small. ``trusted_keys``
+    (Ed25519 public keys: PEM paths or bytes) refuses an artifact that no trusted key signed (``bertrt sign``).
     """
 
     def __init__(self, artifact, device: str = "auto", threads: int | None = None, max_batch_tokens: int = 16384,
-                 max_batch_size: int = 64, verify: bool = True):
+                 max_batch_size: int = 64, verify: bool = True, trusted_keys=None):
         path = Path(artifact)
-        manifest = load_manifest(path, verify=verify)
+        manifest = load_manifest(path, verify=verify, trusted_keys=trusted_keys)
         encoder = TextEncoder(path / "tokenizer.json", manifest["task"], int(manifest["max_length"]))
         session = Session(path / "model.onnx", device=device, threads=threads)
         self._setup(manifest, encoder, session, max_batch_tokens, max_batch_size, str(path))
