@@ -398,6 +398,24 @@ def serve(
                                            "a single batch can legitimately take longer."),
     log_level: LogLevel = typer.Option(LogLevel.info, help="JSON log lines on stderr; info logs one line per "
                                        "request (id, status, latency, inputs, key id; never the text)."),
+    ray: bool = typer.Option(False, "--ray", help="Deploy as a Ray Serve application whose replicas scale with "
+                             "load (needs bertrt[ray]); the HTTP API is the same. See README 'Scaling out'."),
+    address: Optional[str] = typer.Option(None, help="With --ray: the Ray cluster to join (e.g. auto, "
+                                          "ray://head:10001). Default: start a local one."),
+    min_replicas: int = typer.Option(1, help="With --ray: fewest replicas; 0 scales to zero when idle (the first "
+                                     "request then waits for a replica to load)."),
+    max_replicas: int = typer.Option(4, help="With --ray: most replicas; bound it by the cluster's CPUs/GPUs."),
+    target_ongoing_requests: float = typer.Option(2.0, help="With --ray: ongoing requests per replica autoscaling "
+                                                  "aims for. Lower it for latency, raise it for fewer replicas."),
+    upscale_delay: float = typer.Option(10.0, help="With --ray: seconds load must stay above target before "
+                                        "replicas are added. Lower it for bursty traffic."),
+    downscale_delay: float = typer.Option(60.0, help="With --ray: seconds load must stay below target before "
+                                          "replicas are removed. Raise it to avoid flapping."),
+    replica_cpus: float = typer.Option(1.0, help="With --ray: CPUs reserved per replica (its ONNX Runtime "
+                                       "threads unless --threads is given)."),
+    replica_gpus: float = typer.Option(0.0, help="With --ray: GPUs per replica (1 with --device cuda)."),
+    print_config: bool = typer.Option(False, "--print-config", help="With --ray: print the equivalent Ray Serve "
+                                      "config (for `serve deploy` or a KubeRay RayService) instead of deploying."),
 ):
     """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
     from .runtime.launch import EdgeLimits
@@ -414,6 +432,14 @@ def serve(
                          liveness_timeout=liveness_timeout)
     limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
                         graceful_timeout=graceful_timeout)
+    if ray or print_config:
+        from .scaleout.cli import serve_ray
+
+        serve_ray(config, limits, ray=ray, print_config=print_config, address=address, host=host, port=port,
+                  min_replicas=min_replicas, max_replicas=max_replicas,
+                  target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay,
+                  downscale_delay_s=downscale_delay, num_cpus=replica_cpus, num_gpus=replica_gpus)
+        return
     run_server(config, limits, host=host, port=port, workers=workers, log_level=log_level.value)
 
 
