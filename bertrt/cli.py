@@ -309,6 +309,15 @@ def predict(
     max_batch_tokens: int = typer.Option(16384, help="Most tokens per batch, padding included (rows x padded "
                                          "length). Lower it if memory is tight with long texts."),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
+    ray: bool = typer.Option(False, "--ray", help="Run through Ray Data on a pool of Runtime actors (needs "
+                             "bertrt[ray]); -i may be a folder of .jsonl files and -o is a folder of part files, "
+                             "each row with the input's id (or line number)."),
+    address: Optional[str] = typer.Option(None, help="With --ray: the Ray cluster to join; default: a local one."),
+    concurrency: str = typer.Option("1,2", help="With --ray: MIN,MAX Runtime actors; Ray adds actors up to MAX "
+                                    "while work waits. One actor per core (or GPU) is a good MAX."),
+    format: str = typer.Option("jsonl", "--format", help="With --ray: part file format, jsonl or parquet."),
+    rows_per_task: int = typer.Option(1000, help="With --ray: input lines per task (and per part file). Smaller "
+                                      "spreads work finer and loses less on a retry; larger makes fewer files."),
 ):
     """Predict with an artifact: one JSON object per input, in input order (labels, entities, answers, vectors)."""
     from tqdm import tqdm
@@ -316,6 +325,14 @@ def predict(
     from .errors import InputError, OutputExistsError
     from .runtime import Runtime
     from .runtime.jsonl import predict_stream, read_inputs
+
+    if ray:
+        from .scaleout.cli import predict_ray
+
+        return predict_ray(artifact, input, output, texts=texts, address=address, concurrency=concurrency,
+                           fmt=format, rows_per_task=rows_per_task, force=force,
+                           runtime_options={"device": device.value, "threads": threads, "max_batch_size": batch_size,
+                                            "max_batch_tokens": max_batch_tokens})
 
     if texts and input is not None:
         raise InputError("give either TEXT arguments or --input, not both")

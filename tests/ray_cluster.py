@@ -40,12 +40,18 @@ def replica_counts(app: str = "bertrt", deployment: str = "BertrtReplica") -> di
     return {str(getattr(k, "value", k)): v for k, v in status.deployments[deployment].replica_states.items()}
 
 
-def replica_pids() -> list[int]:
-    """Process ids of the live bertrt replicas (from Ray's actor table; no dashboard needed)."""
+def actor_pids(class_name: str) -> list[int]:
+    """Process ids of the live actors whose class name contains ``class_name`` (Ray's actor table, which needs no
+    dashboard)."""
     import ray._private.state as state
 
     return sorted(a["Pid"] for a in state.actors().values()
-                  if a.get("ActorClassName", "").endswith(":BertrtReplica") and a["State"] == "ALIVE")
+                  if class_name in a.get("ActorClassName", "") and a["State"] == "ALIVE")
+
+
+def replica_pids() -> list[int]:
+    """Process ids of the live bertrt replicas."""
+    return actor_pids(":BertrtReplica")
 
 
 def wait_for(condition, within: float, every: float = 0.25, what: str = "the condition"):
