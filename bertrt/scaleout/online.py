@@ -19,6 +19,7 @@ RayService) use: one place for the deployment options.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import asdict, dataclass
 
@@ -169,6 +170,11 @@ def deploy(config: ServeConfig, scaling: Scaling, address: str | None = None, ho
         f"{scaling.max_replicas} replicas)")
     if not blocking:
         return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # SIGTERM, like Ctrl-C, drains the replicas and takes the app down
     try:
         while True:
             time.sleep(3600)
