@@ -317,12 +317,29 @@ def predict(
                                          "length). Lower it if memory is tight with long texts."),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
+    ray: bool = typer.Option(False, "--ray", help="Run through Ray Data on a pool of Runtime actors (needs "
+                             "bertrt[ray]); -i may be a folder of .jsonl files and -o is a folder of part files, "
+                             "each row with the input's id (or line number)."),
+    address: Optional[str] = typer.Option(None, help="With --ray: the Ray cluster to join; default: a local one."),
+    concurrency: str = typer.Option("1,2", help="With --ray: MIN,MAX Runtime actors; Ray adds actors up to MAX "
+                                    "while work waits. One actor per core (or GPU) is a good MAX."),
+    format: str = typer.Option("jsonl", "--format", help="With --ray: part file format, jsonl or parquet."),
+    rows_per_task: int = typer.Option(1000, help="With --ray: input lines per task (and per part file). Smaller "
+                                      "spreads work finer and loses less on a retry; larger makes fewer files."),
 ):
     """Predict with an artifact: one JSON object per input, in input order (labels, entities, answers, vectors)."""
     from .errors import InputError
     from .runtime import Runtime
     from .runtime.jsonl import check_io, predict_stream, read_inputs, run_io
 
+    if ray:
+        from .scaleout.cli import predict_ray
+
+        return predict_ray(artifact, input, output, texts=texts, address=address, concurrency=concurrency,
+                           fmt=format, rows_per_task=rows_per_task, force=force,
+                           runtime_options={"device": device.value, "threads": threads, "max_batch_size": batch_size,
+                                            "max_batch_tokens": max_batch_tokens,
+                                            "trusted_keys": [str(k) for k in trusted_key] if trusted_key else None})
     check_io(texts, input, output, force)
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
                  max_batch_size=batch_size, trusted_keys=trusted_key or None)
@@ -386,6 +403,24 @@ def serve(
                                            "a single batch can legitimately take longer."),
     log_level: LogLevel = typer.Option(LogLevel.info, help="JSON log lines on stderr; info logs one line per "
                                        "request (id, status, latency, inputs, key id; never the text)."),
+    ray: bool = typer.Option(False, "--ray", help="Deploy as a Ray Serve application whose replicas scale with "
+                             "load (needs bertrt[ray]); the HTTP API is the same. See README 'Scaling out'."),
+    address: Optional[str] = typer.Option(None, help="With --ray: the Ray cluster to join (e.g. auto, "
+                                          "ray://head:10001). Default: start a local one."),
+    min_replicas: int = typer.Option(1, help="With --ray: fewest replicas; 0 scales to zero when idle (the first "
+                                     "request then waits for a replica to load)."),
+    max_replicas: int = typer.Option(4, help="With --ray: most replicas; bound it by the cluster's CPUs/GPUs."),
+    target_ongoing_requests: float = typer.Option(2.0, help="With --ray: ongoing requests per replica autoscaling "
+                                                  "aims for. Lower it for latency, raise it for fewer replicas."),
+    upscale_delay: float = typer.Option(10.0, help="With --ray: seconds load must stay above target before "
+                                        "replicas are added. Lower it for bursty traffic."),
+    downscale_delay: float = typer.Option(60.0, help="With --ray: seconds load must stay below target before "
+                                          "replicas are removed. Raise it to avoid flapping."),
+    replica_cpus: float = typer.Option(1.0, help="With --ray: CPUs reserved per replica (its ONNX Runtime "
+                                       "threads unless --threads is given)."),
+    replica_gpus: float = typer.Option(0.0, help="With --ray: GPUs per replica (1 with --device cuda)."),
+    print_config: bool = typer.Option(False, "--print-config", help="With --ray: print the equivalent Ray Serve "
+                                      "config (for `serve deploy` or a KubeRay RayService) instead of deploying."),
 ):
     """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
     from .runtime.launch import EdgeLimits
@@ -402,6 +437,14 @@ def serve(
                          liveness_timeout=liveness_timeout)
     limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
                         graceful_timeout=graceful_timeout)
+    if ray or print_config:
+        from .scaleout.cli import serve_ray
+
+        serve_ray(config, limits, ray=ray, print_config=print_config, address=address, host=host, port=port,
+                  min_replicas=min_replicas, max_replicas=max_replicas,
+                  target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay,
+                  downscale_delay_s=downscale_delay, num_cpus=replica_cpus, num_gpus=replica_gpus)
+        return
     run_server(config, limits, host=host, port=port, workers=workers, log_level=log_level.value)
 
 

@@ -61,7 +61,8 @@ def test_user_errors_are_one_line(tmp_path):
 
 
 def test_import_is_light():
-    code = ("import sys, bertrt; heavy = {'torch', 'transformers', 'onnx', 'onnxruntime'} & set(sys.modules); "
+    code = ("import sys, bertrt; "
+            "heavy = {'torch', 'transformers', 'onnx', 'onnxruntime', 'ray'} & set(sys.modules); "
             "assert not heavy, heavy")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -225,13 +225,13 @@ def test_runtime_path_is_torch_free(tiny_artifact):
 import sys
 import bertrt
 from bertrt import Runtime
-import bertrt.runtime.server, bertrt.runtime.batcher
+import bertrt.runtime.server, bertrt.runtime.batcher, bertrt.runtime.launch
 for task, path in {{'classify': {str(tiny_artifact('classify'))!r}, 'qa': {str(tiny_artifact('qa'))!r}}}.items():
     rt = Runtime(path, device='cpu', threads=1)
     x = {{'question': 'who', 'context': 'Alice met Bob'}} if task == 'qa' else 'Alice met Bob'
     out = rt.predict([x, x])
     assert len(out) == 2, out
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnx'))
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnx', 'ray'))
 print(heavy)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -15,19 +15,24 @@ FIELDS = {"text", "text_pair", "question", "context"}
 
 def parse_line(line: str, where: str):
     """One JSONL line -> a predict input: a JSON string, or an object with text/text_pair or question/context."""
+    return parse_record(line, where)[0]
+
+
+def parse_record(line: str, where: str) -> tuple:
+    """One JSONL line -> (predict input, the line's "id" field or None)."""
     try:
         value = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: not valid JSON ({e.msg}); each line must be a JSON object such as "
                          '{"text": "..."}') from None
     if isinstance(value, str):
-        return value
+        return value, None
     if not isinstance(value, dict):
         raise InputError(f'{where}: expected an object such as {{"text": "..."}}, got {type(value).__name__}')
     item = {k: v for k, v in value.items() if k in FIELDS}
     if not item:
         raise InputError(f'{where}: the object has none of the fields {sorted(FIELDS)}')
-    return item
+    return item, value.get("id")
 
 
 def read_inputs(lines: Iterable[str], name: str) -> Iterator:
