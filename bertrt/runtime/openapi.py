@@ -43,7 +43,8 @@ def output_schema(task: str) -> dict:
     return {"type": "object", "required": list(props), "properties": {**props, "truncated": truncated}}
 
 
-def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version: str) -> dict:
+def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version: str, protect_metrics: bool = False,
+                  rate_limited: bool = False) -> dict:
     error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
     def err(text: str) -> dict:
@@ -70,6 +71,9 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
     if auth:
         predict["security"] = [{"bearer": []}]
         predict["responses"]["401"] = err("missing or wrong API key")
+    if rate_limited:
+        predict["responses"]["429"] = err("this caller's rate limit (per API key, or per client address without "
+                                          "keys) is used up; retry after the Retry-After header's seconds")
     status = {"type": "object", "properties": {"status": {"type": "string"}, "device": {"type": "string"},
                                                "version": {"type": "string"}, "artifact_sha256": {"type": "string"},
                                                "reason": {"type": "string"}}}
@@ -106,6 +110,12 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
                 "request_id": {"type": "string", "description": "also in the X-Request-ID header, and in the log"}}},
         }},
     }
+    if protect_metrics:
+        for path in ("/metrics", "/openapi.json"):
+            op = doc["paths"].setdefault(path, {"get": {"summary": "This schema", "operationId": "openapi",
+                                                        "responses": {"200": {"description": "OpenAPI 3.0"}}}})["get"]
+            op["security"] = [{"bearer": []}]
+            op["responses"]["401"] = err("missing or wrong API key (--protect-metrics)")
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc

@@ -3,12 +3,13 @@
 POST /v1/predict {"inputs": [...]} -> {"outputs": [...]}; GET /healthz (the batcher is alive and beating),
 /readyz (model loaded and warm; device, version and artifact sha256), /metrics (Prometheus), /openapi.json.
 
-A predict request goes: API key (constant-time compare) -> admission (``max_concurrent_requests`` requests at once,
-else 503 + Retry-After, before any body is read) -> body (``max_body_bytes``) -> JSON and validation (on a worker
-thread when the body is large) -> tokenization (thread) -> batcher -> render. The whole is bounded by ``timeout``
+A predict request goes: API key (401) and rate limit (429; both in ``access.py``) -> admission
+(``max_concurrent_requests`` requests at once, else 503 + Retry-After, before any body is read) -> body
+(``max_body_bytes``) -> JSON and validation (on a worker thread when the body is large) -> tokenization (thread) -> batcher -> render. The whole is bounded by ``timeout``
 (504), and a client that disconnects takes its queued inputs with it (counted). Limits answer 413, bad shapes 422,
 overload 503; a failure of the model or of postprocessing is a JSON 500 that fails only the inputs that caused it.
 Every answer carries X-Request-ID and is logged as one JSON line (``logs.py``); request texts are never logged.
+SIGHUP reloads the API key file (in the event loop, between requests; see ``launch.py`` for several workers).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +35,13 @@ from starlette.routing import Route
 from .. import __version__
 from ..artifact import MANIFEST, sha256_file
 from ..errors import InputError, NonFiniteOutputError, QueueFullError, ShutdownError
+from .access import KeyRing, RateLimiter, check_access
 from .batcher import runtime_batcher
 from .edge import EVENT_HOOK
 from .logs import ACCESS
 from .metrics import Metrics
 from .openapi import build_openapi
-from .payload import Refused, finite, key_id, parse_request, render, request_id
+from .payload import Refused, finite, parse_request, render, request_id
 
 log = logging.getLogger("bertrt.server")
 access = logging.getLogger(ACCESS)
@@ -46,6 +49,7 @@ OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed, and their answers ren
 _MESSAGES = {  # errors whose message does not depend on the request
     "unauthorized": "missing or wrong API key (send Authorization: Bearer <key>)",
     "not_ready": "the server is starting or shutting down; retry later",
+    "rate_limited": "this caller's rate limit (--rate-limit) is used up; retry after the Retry-After header's seconds",
     "overloaded": "the server is at its admission limit (--max-concurrent-requests); retry later",
     "client_disconnected": "the client disconnected before the answer",
 }
@@ -59,7 +63,10 @@ class ServeConfig:
     device: str = "auto"
     threads: int | None = None
     api_key: str | None = None
-    api_key_file: str | None = None  # read at startup; with workers, only the path travels to worker processes
+    api_key_file: str | None = None  # read at startup and on SIGHUP; with workers, only the path travels
+    protect_metrics: bool = False  # /metrics and /openapi.json need a key too
+    rate_limit: float | None = None  # requests per second per key (per client address without keys)
+    rate_burst: float | None = None  # bucket size; default max(1, rate_limit)
     max_items: int = 64  # inputs per request
     max_chars: int = 100_000  # characters per text field
     max_body_bytes: int = 4_000_000
@@ -80,6 +87,12 @@ class ServeConfig:
         for name in ("timeout", "liveness_timeout"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
+        if self.protect_metrics and not (self.api_key or self.api_key_file):
+            raise InputError("--protect-metrics needs keys to protect with; add --api-key-file")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise InputError(f"--rate-limit must be > 0 per second (got {self.rate_limit})")
+        if self.rate_burst is not None and (self.rate_limit is None or self.rate_burst < 1):
+            raise InputError("--rate-burst needs --rate-limit, and must be >= 1")
         if self.max_items > self.max_queue:
             raise InputError(f"--max-items {self.max_items} is larger than --max-queue {self.max_queue}: a full "
                              "request could never be queued; lower --max-items or raise --max-queue")
@@ -121,18 +134,28 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     digest = artifact_sha256(runtime)
     metrics = Metrics(runtime.device, runtime.task, __version__, digest, workers=config.workers)
     state = {"ready": False, "batcher": None, "admitted": 0}
-    schema = build_openapi(runtime.task, config.max_items, config.max_chars,
-                           bool(config.api_key or config.api_key_file), __version__)
-    api_key = read_api_key(config.api_key_file) if config.api_key_file else config.api_key
-    key = api_key.encode() if api_key else None
-    key_name = key_id(key) if key else None
+    keys = KeyRing(config.api_key_file, config.api_key)
+    limiter = RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit else None
+    metrics.keys.set(len(keys.ids))
+    schema = build_openapi(runtime.task, config.max_items, config.max_chars, keys.enabled, __version__,
+                           protect_metrics=config.protect_metrics, rate_limited=limiter is not None)
 
-    def authorized(request: Request) -> bool:
-        if key is None:
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # compare_digest takes constant time for equal-length inputs and does not short-circuit on content
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)
+    def reload_keys() -> None:
+        """SIGHUP: re-read the key file; a file that fails validation leaves the current keys in force."""
+        try:
+            keys.reload()
+        except InputError as e:
+            metrics.key_reloads.labels(result="failed").inc()
+            log.error("API key reload failed; the %d current keys stay in force: %s", len(keys.ids), e)
+            return
+        metrics.key_reloads.labels(result="ok").inc()
+        metrics.keys.set(len(keys.ids))
+        log.info("API keys reloaded: %d keys (%s)", len(keys.ids), ", ".join(keys.ids))
+
+    def refusal(status: int, reason: str, headers: dict, rid: str) -> Response:
+        body = render({"error": _MESSAGES[reason], "request_id": rid})
+        return Response(body, status_code=status, media_type="application/json",
+                        headers={**headers, "X-Request-ID": rid})
 
     def run_checked(encs: list) -> list:
         """The batcher's work: a NaN/Inf result becomes an error for its input alone."""
@@ -207,9 +230,12 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
 
     async def answer(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
         """(status, body, error reason, extra headers) for one predict request."""
-        if not authorized(request):
-            return 401, b"", "unauthorized", {"WWW-Authenticate": "Bearer"}
-        call.key = key_name
+        call.key, refused = check_access(keys, limiter, request.headers.get("authorization"),
+                                         request.client.host if request.client else None)
+        if refused:
+            if refused[1] == "rate_limited":
+                metrics.rate_limited.labels(key=call.key or "-").inc()
+            return refused[0], b"", refused[1], refused[2]
         batcher = state["batcher"]
         if batcher is None or not state["ready"]:
             return 503, b"", "not_ready", {"Retry-After": "1"}
@@ -272,11 +298,19 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
                 "version": __version__, "artifact_sha256": digest}
         return JSONResponse(body, status_code=200 if state["ready"] else 503)
 
+    def protected(request: Request) -> Response | None:
+        """The 401 for /metrics and /openapi.json under --protect-metrics without a valid key, else None."""
+        if config.protect_metrics and keys.identify(request.headers.get("authorization")) is None:
+            metrics.errors.labels(reason="unauthorized").inc()
+            return refusal(401, "unauthorized", {"WWW-Authenticate": "Bearer"},
+                           request_id(request.headers.get("x-request-id")))
+        return None
+
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return protected(request) or Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(schema)
+        return protected(request) or JSONResponse(schema)
 
     async def sampler() -> None:
         while True:
@@ -294,12 +328,24 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         state.update(batcher=batcher, ready=True)
         metrics.ready.set(1)
         sampling = asyncio.ensure_future(sampler())
+        hup = keys.path is not None and threading.current_thread() is threading.main_thread()
+        if hup:  # a server process (not a test thread): SIGHUP reloads the keys, in the loop, between requests
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys)
+            try:  # catch up with a change made while the model was loading (SIGHUP was ignored until now)
+                if keys.reload():
+                    log.info("API keys changed during start-up: %d keys (%s)", len(keys.ids), ", ".join(keys.ids))
+                    metrics.keys.set(len(keys.ids))
+            except InputError as e:
+                log.error("the API key file changed during start-up and fails validation; keeping the keys read "
+                          "at start: %s", e)
         log.info("ready: %s on %s, artifact sha256 %s", runtime.task, runtime.device, digest[:12])
         try:
             yield {EVENT_HOOK: metrics.edge_event}
         finally:
             state["ready"] = False
             sampling.cancel()
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await run_in_threadpool(batcher.close, True)  # uvicorn has finished in-flight requests by now
             metrics.shutdown()
             log.info("shut down")
@@ -309,15 +355,6 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
               Route("/openapi.json", openapi, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime, app.state.metrics, app.state.serving = runtime, metrics, state
+    app.state.reload_keys, app.state.limiter = reload_keys, limiter  # what SIGHUP runs; the buckets (tests)
     return app
 
-
-def read_api_key(path: str) -> str:
-    """The API key in ``path`` (surrounding whitespace removed); an unreadable or empty file is an error."""
-    try:
-        key = open(path, encoding="utf-8").read().strip()
-    except OSError as e:
-        raise InputError(f"cannot read the API key file {path}: {e.strerror}") from None
-    if not key:
-        raise InputError(f"the API key file {path} is empty; put the key on its first line")
-    return key
