@@ -5,9 +5,10 @@ POST /v1/predict {"inputs": [...]} -> {"outputs": [...]}; GET /healthz (the batc
 
 A predict request goes: API key (401) and rate limit (429; both in ``access.py``) -> admission
 (``max_concurrent_requests`` requests at once, else 503 + Retry-After, before any body is read) -> body
-(``max_body_bytes``) -> JSON and validation (on a worker thread when the body is large) -> tokenization (thread) -> batcher -> render. The whole is bounded by ``timeout``
-(504), and a client that disconnects takes its queued inputs with it (counted). Limits answer 413, bad shapes 422,
-overload 503; a failure of the model or of postprocessing is a JSON 500 that fails only the inputs that caused it.
+(``max_body_bytes``) -> JSON and validation (on a worker thread when the body is large) -> tokenization (thread) ->
+batcher -> render. The whole is bounded by ``timeout`` (504), and a client that disconnects takes its queued inputs
+with it (counted). Limits answer 413, bad shapes 422, overload 503; a failure of the model or of postprocessing is
+a JSON 500 that fails only the inputs that caused it.
 Every answer carries X-Request-ID and is logged as one JSON line (``logs.py``); request texts are never logged.
 SIGHUP reloads the API key file (in the event loop, between requests; see ``launch.py`` for several workers).
 """
