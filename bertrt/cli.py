@@ -379,6 +379,14 @@ def serve(
                                                 "HTTPS; needs --ssl-keyfile. Use it when no TLS proxy sits in "
                                                 "front, and always with keys on a non-loopback --host."),
     ssl_keyfile: Optional[Path] = typer.Option(None, help="The TLS certificate's private key (PEM)."),
+    mask_inputs: bool = typer.Option(False, help="Mask personal data (emails, phones, cards, IDs, ...) in every "
+                                     "text before inference, so the model and everything after it never see the "
+                                     "raw values. Turn it on when outputs or downstream stores must not hold "
+                                     "them; it changes what the model reads. Needs bertrt.mask."),
+    mask_logs: Optional[bool] = typer.Option(None, "--mask-logs/--no-mask-logs", help="Mask personal data in log "
+                                             "messages and tracebacks (request texts are never logged; a failure's "
+                                             "message could quote one). Default: on when bertrt.mask is "
+                                             "installed."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when available; cuda fails at startup when "
                                   "the GPU is not really in use."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads per worker (default: cores / workers)."),
@@ -416,7 +424,8 @@ def serve(
     log_level: LogLevel = typer.Option(LogLevel.info, help="JSON log lines on stderr; info logs one line per "
                                        "request (id, status, latency, inputs, key id; never the text)."),
 ):
-    """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
+    """Serve an artifact over HTTP: POST /v1/predict (and /v1/mask with bertrt.mask), /healthz, /readyz, /metrics,
+    /openapi.json. SIGHUP reloads --api-key-file."""
     from .runtime.access import KeyRing, parse_rate
     from .runtime.launch import EdgeLimits, check_tls
     from .runtime.launch import serve as run_server
@@ -428,7 +437,7 @@ def serve(
     config = ServeConfig(artifact=str(artifact), device=device.value, threads=threads,
                          api_key_file=str(api_key_file) if api_key_file else None, protect_metrics=protect_metrics,
                          rate_limit=parse_rate(rate_limit) if rate_limit is not None else None,
-                         rate_burst=rate_burst, max_items=max_items,
+                         rate_burst=rate_burst, mask_inputs=mask_inputs, mask_logs=mask_logs, max_items=max_items,
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_concurrent_requests=max_concurrent_requests, timeout=timeout,

@@ -39,10 +39,12 @@ from ..errors import InputError, NonFiniteOutputError, QueueFullError, ShutdownE
 from .access import KeyRing, RateLimiter, check_access
 from .batcher import runtime_batcher
 from .edge import EVENT_HOOK
-from .logs import ACCESS
+from .logs import ACCESS, mask_logs
 from .metrics import Metrics
 from .openapi import build_openapi
 from .payload import Refused, finite, parse_request, render, request_id
+from .redact import available as masking_available
+from .redact import load_mask, mask_all, mask_inputs, parse_mask_request
 
 log = logging.getLogger("bertrt.server")
 access = logging.getLogger(ACCESS)
@@ -68,6 +70,8 @@ class ServeConfig:
     protect_metrics: bool = False  # /metrics and /openapi.json need a key too
     rate_limit: float | None = None  # requests per second per key (per client address without keys)
     rate_burst: float | None = None  # bucket size; default max(1, rate_limit)
+    mask_inputs: bool = False  # mask personal data in texts before inference (needs bertrt.mask)
+    mask_logs: bool | None = None  # mask personal data in logged messages; None: on when bertrt.mask is installed
     max_items: int = 64  # inputs per request
     max_chars: int = 100_000  # characters per text field
     max_body_bytes: int = 4_000_000
@@ -94,6 +98,10 @@ class ServeConfig:
             raise InputError(f"--rate-limit must be > 0 per second (got {self.rate_limit})")
         if self.rate_burst is not None and (self.rate_limit is None or self.rate_burst < 1):
             raise InputError("--rate-burst needs --rate-limit, and must be >= 1")
+        if self.mask_inputs:
+            load_mask("--mask-inputs")  # fail at start-up, before the model loads, when bertrt.mask is missing
+        if self.mask_logs:
+            load_mask("--mask-logs")
         if self.max_items > self.max_queue:
             raise InputError(f"--max-items {self.max_items} is larger than --max-queue {self.max_queue}: a full "
                              "request could never be queued; lower --max-items or raise --max-queue")
@@ -138,8 +146,12 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     keys = KeyRing(config.api_key_file, config.api_key)
     limiter = RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit else None
     metrics.keys.set(len(keys.ids))
+    masker = load_mask("--mask-inputs") if config.mask_inputs else None
+    mask_route = masker is not None or masking_available()
+    mask_logs(load_mask("--mask-logs") if config.mask_logs or (config.mask_logs is None and mask_route) else None)
     schema = build_openapi(runtime.task, config.max_items, config.max_chars, keys.enabled, __version__,
-                           protect_metrics=config.protect_metrics, rate_limited=limiter is not None)
+                           protect_metrics=config.protect_metrics, rate_limited=limiter is not None,
+                           mask=mask_route)
 
     def reload_keys() -> None:
         """SIGHUP: re-read the key file; a file that fails validation leaves the current keys in force."""
@@ -189,6 +201,8 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         args = (body, runtime.task, config.max_items, config.max_chars)
         inputs = await run_in_threadpool(parse_request, *args) if large else parse_request(*args)
         call.items = len(inputs)
+        if masker is not None:
+            inputs = await run_in_threadpool(mask_inputs, masker, inputs)
         call.parsed.set()
         t0 = time.perf_counter()
         try:
@@ -229,14 +243,21 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         raise Refused(504, f"no answer within {config.timeout:g} s (--timeout); retry, or send fewer inputs",
                       "timeout")
 
-    async def answer(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
-        """(status, body, error reason, extra headers) for one predict request."""
+    def gate(request: Request, call: _Call) -> tuple[int, bytes, str, dict] | None:
+        """The 401/429 answer for a caller without a valid key or out of tokens, else None."""
         call.key, refused = check_access(keys, limiter, request.headers.get("authorization"),
                                          request.client.host if request.client else None)
+        if not refused:
+            return None
+        if refused[1] == "rate_limited":
+            metrics.rate_limited.labels(key=call.key or "-").inc()
+        return refused[0], b"", refused[1], refused[2]
+
+    async def answer(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
+        """(status, body, error reason, extra headers) for one predict request."""
+        refused = gate(request, call)
         if refused:
-            if refused[1] == "rate_limited":
-                metrics.rate_limited.labels(key=call.key or "-").inc()
-            return refused[0], b"", refused[1], refused[2]
+            return refused
         batcher = state["batcher"]
         if batcher is None or not state["ready"]:
             return 503, b"", "not_ready", {"Retry-After": "1"}
@@ -267,24 +288,53 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
             state["admitted"] -= 1
             metrics.admitted.dec()
 
-    async def predict(request: Request) -> Response:
-        call = _Call(request_id(request.headers.get("x-request-id")))
-        metrics.in_flight.inc()
+    async def answer_mask(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
+        """(status, body, error reason, extra headers) for one /v1/mask request: the CLI's objects, one per text."""
+        refused = gate(request, call)
+        if refused:
+            return refused
         try:
-            status, body, reason, headers = await answer(request, call)
+            body = await read_body(request)
+            texts, style, types = await run_in_threadpool(parse_mask_request, body, config.max_items,
+                                                          config.max_chars)
+            call.items = len(texts)
+            found = await run_in_threadpool(mask_all, masker or load_mask("/v1/mask"), texts, style, types)
+            return 200, await run_in_threadpool(render, {"outputs": found}), None, {}
+        except Refused as r:
+            return r.status, r.message.encode(), r.reason, {}
+        except ClientDisconnect:
+            return 499, b"", "client_disconnected", {}
+        except (InputError, ValueError) as e:  # e.g. an unknown type name
+            return 422, str(e).encode(), "bad_input", {}
+
+    async def respond(request: Request, path: str, handler) -> Response:
+        """Run ``handler`` for one POST, then render its error, log one access line and (predict) count it."""
+        call = _Call(request_id(request.headers.get("x-request-id")))
+        predicting = path == "/v1/predict"
+        metrics.in_flight.inc(int(predicting))
+        try:
+            status, body, reason, headers = await handler(request, call)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight.dec(int(predicting))
         if reason is not None:
-            metrics.errors.labels(reason=reason).inc()
+            if predicting:
+                metrics.errors.labels(reason=reason).inc()
             body = render({"error": body.decode() or _MESSAGES[reason], "request_id": call.id})
         latency = time.perf_counter() - call.started
-        metrics.requests.labels(code=str(status)).inc()
-        metrics.request_seconds.labels(code=str(status)).observe(latency)
-        access.info("predict", extra={"request_id": call.id, "method": "POST", "path": "/v1/predict",
+        if predicting:
+            metrics.requests.labels(code=str(status)).inc()
+            metrics.request_seconds.labels(code=str(status)).observe(latency)
+        access.info(path.rsplit("/", 1)[1], extra={"request_id": call.id, "method": "POST", "path": path,
                                       "status": status, "latency_ms": round(1000 * latency, 2), "items": call.items,
                                       "reason": reason, "key_id": call.key, "worker": os.getpid()})
         return Response(body, status_code=status, media_type="application/json",
                         headers={**headers, "X-Request-ID": call.id})
+
+    async def predict(request: Request) -> Response:
+        return await respond(request, "/v1/predict", answer)
+
+    async def mask_endpoint(request: Request) -> Response:
+        return await respond(request, "/v1/mask", answer_mask)
 
     async def healthz(request: Request) -> Response:
         batcher = state["batcher"]
@@ -354,6 +404,8 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     routes = [Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"])]
+    if mask_route:
+        routes.append(Route("/v1/mask", mask_endpoint, methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime, app.state.metrics, app.state.serving = runtime, metrics, state
     app.state.reload_keys, app.state.limiter = reload_keys, limiter  # what SIGHUP runs; the buckets (tests)
