@@ -15,17 +15,18 @@ import logging
 import time
 
 ACCESS = "bertrt.access"
-_MASK = []  # [bertrt.mask.mask] while --mask-logs is on in this process
+_MASK = []  # [a text -> masked text function] while --mask-logs is on in this process
 FIELDS = ("request_id", "method", "path", "status", "latency_ms", "items", "reason", "key_id", "worker")
 
 
-def mask_logs(mask) -> None:
-    """Mask every line's message and traceback with ``mask`` (``bertrt.mask.mask``) from now on; ``None``: stop."""
-    _MASK[:] = [mask] if mask is not None else []
+def mask_logs(masker) -> None:
+    """Pass every line's message and traceback through ``masker`` (text -> masked text) from now on; ``None``:
+    stop."""
+    _MASK[:] = [masker] if masker is not None else []
 
 
 def _masked(text: str) -> str:
-    return _MASK[0](text, style="tag", types=None).text if _MASK else text
+    return _MASK[0](text) if _MASK else text
 
 
 class JsonFormatter(logging.Formatter):

@@ -38,10 +38,16 @@ def _field(item, name):
 
 
 def mask_one(mask, text: str, style: str = "tag", types=None) -> dict:
-    """One text -> {"text": masked, "found": [{"type", "start", "end"}]}."""
+    """One text -> {"text": masked, "found": [{"type", "start", "end"}]} (the result's fields read as attributes or
+    keys, whichever ``bertrt.mask`` returns)."""
     result = mask(text, style=style, types=types)
-    return {"text": result.text, "found": [{k: _field(f, k) for k in ("type", "start", "end")}
-                                           for f in result.found]}
+    return {"text": _field(result, "text"), "found": [{k: _field(f, k) for k in ("type", "start", "end")}
+                                                      for f in _field(result, "found")]}
+
+
+def masked_text(mask, text: str) -> str:
+    """``text`` with its personal data replaced by tags."""
+    return mask_one(mask, text)["text"]
 
 
 def mask_all(mask, texts: list[str], style: str = "tag", types=None) -> list[dict]:
@@ -51,10 +57,8 @@ def mask_all(mask, texts: list[str], style: str = "tag", types=None) -> list[dic
 def mask_inputs(mask, inputs: list) -> list:
     """Predict inputs (strings or objects of strings) with every text masked (tag style), so the model and all
     that follows never see the raw values."""
-    def one(text):
-        return mask(text, style="tag", types=None).text
-
-    return [one(i) if isinstance(i, str) else {k: one(v) for k, v in i.items()} for i in inputs]
+    return [masked_text(mask, i) if isinstance(i, str) else {k: masked_text(mask, v) for k, v in i.items()}
+            for i in inputs]
 
 
 def parse_mask_request(body: bytes, max_items: int, max_chars: int) -> tuple[list[str], str, list | None]:

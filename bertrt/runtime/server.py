@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ from .metrics import Metrics
 from .openapi import build_openapi
 from .payload import Refused, finite, parse_request, render, request_id
 from .redact import available as masking_available
-from .redact import load_mask, mask_all, mask_inputs, parse_mask_request
+from .redact import load_mask, mask_all, mask_inputs, masked_text, parse_mask_request
 
 log = logging.getLogger("bertrt.server")
 access = logging.getLogger(ACCESS)
@@ -148,7 +149,10 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     metrics.keys.set(len(keys.ids))
     masker = load_mask("--mask-inputs") if config.mask_inputs else None
     mask_route = masker is not None or masking_available()
-    mask_logs(load_mask("--mask-logs") if config.mask_logs or (config.mask_logs is None and mask_route) else None)
+    if config.mask_logs or (config.mask_logs is None and mask_route):
+        mask_logs(functools.partial(masked_text, load_mask("--mask-logs")))
+    else:
+        mask_logs(None)
     schema = build_openapi(runtime.task, config.max_items, config.max_chars, keys.enabled, __version__,
                            protect_metrics=config.protect_metrics, rate_limited=limiter is not None,
                            mask=mask_route)
