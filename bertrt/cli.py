@@ -365,8 +365,33 @@ def serve(
     workers: int = typer.Option(1, help="Server processes, each with its own model copy and threads // workers "
                                 "ONNX Runtime threads. Raise it when tokenization or JSON, not inference, is the "
                                 "bottleneck."),
-    api_key_file: Optional[Path] = typer.Option(None, help="File holding an API key; clients then send "
-                                                "'Authorization: Bearer <key>'. Without it the API is open."),
+    api_key_file: Optional[Path] = typer.Option(None, help="File of API keys, one per line as key or name:key "
+                                                "(# comments; keys >= 16 visible ASCII characters); clients send "
+                                                "'Authorization: Bearer <key>'. Logs and metrics show the name (or "
+                                                "a hash prefix), never the key. Edit the file and send SIGHUP to "
+                                                "rotate keys without a restart. Without it the API is open."),
+    protect_metrics: bool = typer.Option(False, help="Require a key for /metrics and /openapi.json too. Use it "
+                                         "when the port is reachable by more than your Prometheus (give "
+                                         "Prometheus a key of its own)."),
+    rate_limit: Optional[str] = typer.Option(None, help="Requests allowed per API key (per client address "
+                                             "without keys), as N/s or N/m; more get 429 + Retry-After. The "
+                                             "limit is per worker: with --workers N a caller may get up to N "
+                                             "times it. Behind a proxy all clients share its address: use keys."),
+    rate_burst: Optional[float] = typer.Option(None, help="Requests a caller may send at once after being idle "
+                                               "(the token bucket's size; default: one second's worth of "
+                                               "--rate-limit, at least 1). Raise it for bursty clients."),
+    ssl_certfile: Optional[Path] = typer.Option(None, help="TLS certificate (PEM, with its chain) to serve "
+                                                "HTTPS; needs --ssl-keyfile. Use it when no TLS proxy sits in "
+                                                "front, and always with keys on a non-loopback --host."),
+    ssl_keyfile: Optional[Path] = typer.Option(None, help="The TLS certificate's private key (PEM)."),
+    mask_inputs: bool = typer.Option(False, help="Mask personal data (emails, phones, cards, IDs, ...) in every "
+                                     "text before inference, so the model and everything after it never see the "
+                                     "raw values. Turn it on when outputs or downstream stores must not hold "
+                                     "them; it changes what the model reads. Needs bertrt.mask."),
+    mask_logs: Optional[bool] = typer.Option(None, "--mask-logs/--no-mask-logs", help="Mask personal data in log "
+                                             "messages and tracebacks (request texts are never logged; a failure's "
+                                             "message could quote one). Default: on when bertrt.mask is "
+                                             "installed."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when available; cuda fails at startup when "
                                   "the GPU is not really in use."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads per worker (default: cores / workers)."),
@@ -422,15 +447,20 @@ def serve(
     print_config: bool = typer.Option(False, "--print-config", help="With --ray: print the equivalent Ray Serve "
                                       "config (for `serve deploy` or a KubeRay RayService) instead of deploying."),
 ):
-    """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
-    from .runtime.launch import EdgeLimits
+    """Serve an artifact over HTTP: POST /v1/predict (and /v1/mask with bertrt.mask), /healthz, /readyz, /metrics,
+    /openapi.json. SIGHUP reloads --api-key-file."""
+    from .runtime.access import KeyRing, parse_rate
+    from .runtime.launch import EdgeLimits, check_tls
     from .runtime.launch import serve as run_server
-    from .runtime.server import ServeConfig, read_api_key
+    from .runtime.server import ServeConfig
 
     if api_key_file is not None:
-        read_api_key(str(api_key_file))  # fail now, with one line, if the file is missing or empty
+        KeyRing(str(api_key_file))  # fail now, with one line naming the bad line, before loading anything
+    tls = check_tls(str(ssl_certfile) if ssl_certfile else None, str(ssl_keyfile) if ssl_keyfile else None)
     config = ServeConfig(artifact=str(artifact), device=device.value, threads=threads,
-                         api_key_file=str(api_key_file) if api_key_file else None, max_items=max_items,
+                         api_key_file=str(api_key_file) if api_key_file else None, protect_metrics=protect_metrics,
+                         rate_limit=parse_rate(rate_limit) if rate_limit is not None else None,
+                         rate_burst=rate_burst, mask_inputs=mask_inputs, mask_logs=mask_logs, max_items=max_items,
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_concurrent_requests=max_concurrent_requests, timeout=timeout,
@@ -438,14 +468,18 @@ def serve(
     limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
                         graceful_timeout=graceful_timeout)
     if ray or print_config:
+        from .errors import InputError
         from .scaleout.cli import serve_ray
 
+        if tls:
+            raise InputError("--ssl-certfile/--ssl-keyfile serve TLS from bertrt's own server; with --ray, terminate "
+                             "TLS in front of Ray's HTTP proxy (an ingress or load balancer)")
         serve_ray(config, limits, ray=ray, print_config=print_config, address=address, host=host, port=port,
                   min_replicas=min_replicas, max_replicas=max_replicas,
                   target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay,
                   downscale_delay_s=downscale_delay, num_cpus=replica_cpus, num_gpus=replica_gpus)
         return
-    run_server(config, limits, host=host, port=port, workers=workers, log_level=log_level.value)
+    run_server(config, limits, host=host, port=port, workers=workers, log_level=log_level.value, tls=tls)
 
 
 # ---------------------------------------------------------------------------------------------------- export

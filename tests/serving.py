@@ -8,8 +8,9 @@ import time
 
 
 @contextlib.contextmanager
-def running(app, **limits):
-    """Serve ``app`` on 127.0.0.1 (a free port) until the block ends; ``limits``: ``EdgeLimits`` fields."""
+def running(app, tls=None, **limits):
+    """Serve ``app`` on 127.0.0.1 (a free port) until the block ends; ``limits``: ``EdgeLimits`` fields; ``tls``:
+    uvicorn's ssl_certfile/ssl_keyfile (the URL is then https)."""
     import uvicorn
 
     from bertrt.runtime.launch import EdgeLimits, uvicorn_config
@@ -19,7 +20,7 @@ def running(app, **limits):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn_config(app, EdgeLimits(**{"graceful_timeout": 5.0, **limits}), port=port,
-                                           log_level="warning", logs=False, lifespan="on"))
+                                           log_level="warning", logs=False, lifespan="on", **(tls or {})))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -28,7 +29,7 @@ def running(app, **limits):
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)

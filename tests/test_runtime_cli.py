@@ -67,7 +67,7 @@ def _free_port():
 
 
 def test_serve_with_key_file_finishes_in_flight_requests_on_sigterm(tiny_artifact, tmp_path):
-    (tmp_path / "key").write_text("k3y\n")
+    (tmp_path / "key").write_text("k3y-0123456789abcdef\n")
     port = _free_port()
     # a long batching wait keeps requests in flight when SIGTERM arrives
     proc = subprocess.Popen([sys.executable, "-m", "bertrt.cli", "serve", str(tiny_artifact("embed")), "--port",
@@ -88,7 +88,7 @@ def test_serve_with_key_file_finishes_in_flight_requests_on_sigterm(tiny_artifac
 
         def send(i):
             results.append(httpx.post(f"{url}/v1/predict", json={"inputs": [f"secret text {i}"]}, timeout=30,
-                                      headers={"Authorization": "Bearer k3y"}))
+                                      headers={"Authorization": "Bearer k3y-0123456789abcdef"}))
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
         for t in threads:

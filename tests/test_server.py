@@ -17,7 +17,7 @@ try:
 except ImportError:
     from serving import GatedSession, running, samples
 
-KEY = "s3cret-key"
+KEY = "s3cret-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ODD = ["", "北京 上海 中文", "emoji 😀🚀👩‍👩‍👧", "cafe\u0301 e\u0301te\u0301 Zu\u0308rich", "word " * 3000, "\x00\t\n ",
        "\u200b\u200d", "a" * 5000]

@@ -16,7 +16,7 @@ try:
 except ImportError:
     from serving import GatedSession, running, scrape
 
-KEY = "edge-key"
+KEY = "edge-key-0123456789ab"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 DEADLINE = 2.5  # --request-timeout in these tests
 

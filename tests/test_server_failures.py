@@ -158,10 +158,10 @@ def test_limits_that_cannot_work_are_refused_at_start_up(tmp_path):
 
 
 def test_request_ids_and_one_json_log_line_per_request(runtime, caplog):
-    app = create_app(ServeConfig(artifact="", api_key="k3y"), runtime=runtime)
+    app = create_app(ServeConfig(artifact="", api_key="k3y-0123456789abcdef"), runtime=runtime)
     secret = "a very private sentence"
     with running(app) as url, caplog.at_level(logging.INFO, logger="bertrt.access"):
-        auth = {"Authorization": "Bearer k3y"}
+        auth = {"Authorization": "Bearer k3y-0123456789abcdef"}
         given = httpx.post(f"{url}/v1/predict", json={"inputs": [secret]}, headers={**auth, "X-Request-ID": "abc.1"})
         minted = httpx.post(f"{url}/v1/predict", json={"inputs": [secret, secret]}, headers=auth)
         odd = httpx.post(f"{url}/v1/predict", json={"inputs": [secret]}, headers={**auth, "X-Request-ID": "x y"})
@@ -176,7 +176,7 @@ def test_request_ids_and_one_json_log_line_per_request(runtime, caplog):
         (denied.headers["x-request-id"], 401, 0)]
     assert lines[0]["key_id"] and lines[0]["key_id"] == lines[1]["key_id"] and lines[3]["key_id"] is None
     assert all(isinstance(x["latency_ms"], float) for x in lines) and lines[3]["reason"] == "unauthorized"
-    assert secret not in caplog.text and "k3y" not in caplog.text
+    assert secret not in caplog.text and "k3y-0123456789abcdef" not in caplog.text
 
 
 def test_the_open_file_limit_is_raised_to_fit_max_connections_or_refused(monkeypatch):

@@ -3,6 +3,11 @@
 With several workers uvicorn's supervisor starts (and restarts) the worker processes; each loads the artifact itself
 from the configuration in ``BERTRT_SERVE_CONFIG``, and they share one metrics directory (``metrics.py``), created
 here for this server and removed when it stops.
+
+SIGHUP reloads the API key file: with one process the app handles it; with several, the supervisor (which would
+otherwise restart every worker) forwards it to each worker. Until a process's app is ready SIGHUP is ignored, and the
+app re-reads the file once when it becomes ready, so no reload is lost and no worker dies of one. TLS is uvicorn's
+(``--ssl-certfile/--ssl-keyfile``): asyncio wraps the connection, and ``EdgeProtocol`` sees plain HTTP above it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import ssl
 import tempfile
 from dataclasses import asdict, dataclass
 
@@ -40,9 +47,30 @@ class EdgeLimits:
             raise InputError(f"--max-connections must be >= 1 (got {self.max_connections})")
 
 
+def _ignore_hup() -> None:
+    """SIGHUP would kill a process still loading its model; the app takes it over once it is ready."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def app_from_env():
     """uvicorn factory for ``--workers N``: each worker process loads the artifact itself."""
+    _ignore_hup()
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
+def check_tls(certfile: str | None, keyfile: str | None) -> dict:
+    """uvicorn's TLS settings, after loading the pair once so a bad file is one clear error at start-up."""
+    if not certfile and not keyfile:
+        return {}
+    if not (certfile and keyfile):
+        raise InputError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as e:
+        raise InputError(f"cannot load the TLS certificate {certfile} with the key {keyfile}: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    return {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
 
 
 def uvicorn_config(app, limits: EdgeLimits, host: str = "127.0.0.1", port: int = 0, log_level: str = "info",
@@ -71,11 +99,30 @@ def ensure_fd_limit(max_connections: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-def serve(config: ServeConfig, limits: EdgeLimits | None = None, host: str = "127.0.0.1", port: int = 8000,
-          workers: int = 1, log_level: str = "info") -> None:
-    """Run the server until SIGTERM/SIGINT. With several workers each gets ``threads // workers`` threads."""
-    import uvicorn
+def _supervisor():
+    """uvicorn's worker supervisor, except that SIGHUP is forwarded to the workers (they reload their keys) instead
+    of restarting them all."""
     from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            logging.getLogger("bertrt.server").info("SIGHUP: the %d workers reload the API key file",
+                                                    len(self.processes))
+            for process in self.processes:
+                if process.pid is not None:
+                    try:
+                        os.kill(process.pid, signal.SIGHUP)
+                    except ProcessLookupError:  # it just died; its replacement reads the file when it starts
+                        pass
+
+    return Supervisor
+
+
+def serve(config: ServeConfig, limits: EdgeLimits | None = None, host: str = "127.0.0.1", port: int = 8000,
+          workers: int = 1, log_level: str = "info", tls: dict | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT; SIGHUP reloads the API key file. With several workers each gets
+    ``threads // workers`` threads. ``tls``: what ``check_tls`` returns."""
+    import uvicorn
 
     from .session import default_threads
 
@@ -84,8 +131,10 @@ def serve(config: ServeConfig, limits: EdgeLimits | None = None, host: str = "12
         raise InputError("--workers must be >= 1")
     ensure_fd_limit(limits.max_connections)
     config.workers = workers
+    tls = tls or {}
     if workers == 1:
-        server = uvicorn.Server(uvicorn_config(create_app(config), limits, host, port, log_level))
+        _ignore_hup()
+        server = uvicorn.Server(uvicorn_config(create_app(config), limits, host, port, log_level, **tls))
         server.run()
         if not server.started:
             raise SystemExit(3)  # uvicorn's startup-failure code: the error was logged
@@ -100,9 +149,9 @@ def serve(config: ServeConfig, limits: EdgeLimits | None = None, host: str = "12
     os.environ[CONFIG_ENV] = json.dumps({**asdict(config), "api_key": None})
     try:
         uv = uvicorn_config("bertrt.runtime.launch:app_from_env", limits, host, port, log_level, factory=True,
-                            workers=workers)
+                            workers=workers, **tls)
         log.info("%d workers share the metrics directory %s", workers, metrics_dir)
-        Multiprocess(uv, sockets=[uv.bind_socket()]).run()
+        _supervisor()(uv, sockets=[uv.bind_socket()]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         log.info("removed the metrics directory %s", metrics_dir)

@@ -89,6 +89,11 @@ class Metrics:
                                  "request went away (client disconnected, or past --timeout)", ["reason"], registry=r)
         self.edge = Counter("bertrt_connection_events", "Connections cut at the edge: request_timeout (not "
                             "received whole in time), over_connection_limit (answered 503)", ["event"], registry=r)
+        self.rate_limited = Counter("bertrt_rate_limited", "Requests answered 429 by --rate-limit, by API key id "
+                                    "('-' when keys are off and the limit is per client address)", ["key"],
+                                    registry=r)
+        self.key_reloads = Counter("bertrt_api_key_reloads", "API key file reloads (SIGHUP), per worker: ok, or "
+                                   "failed (the file did not validate; the old keys stayed)", ["result"], registry=r)
         self.restarts = Counter("bertrt_worker_restarts", "Worker processes started to replace one that died",
                                 registry=r)
         self.in_flight = gauge("bertrt_requests_in_flight", "/v1/predict requests being handled", "livesum")
@@ -100,6 +105,7 @@ class Metrics:
         self.queue_depth = gauge("bertrt_queue_depth", "Inputs waiting in the batchers' queues", "livesum")
         self.queue_capacity = gauge("bertrt_queue_capacity", "Queue bound (--max-queue, summed over workers)",
                                     "livesum")
+        self.keys = gauge("bertrt_api_keys", "API keys in force, per worker (0: the API is open)", "liveall")
         self.ready = gauge("bertrt_workers_ready", "Worker processes ready to serve", "livesum")
         self.workers = gauge("bertrt_workers_configured", "Worker processes asked for (--workers)", "max")
         self.heartbeat_age = gauge("bertrt_batcher_heartbeat_age_seconds", "Seconds since a batcher last beat "
@@ -115,6 +121,8 @@ class Metrics:
         self.started.set(time.time())
         for reason in ("disconnect", "timeout"):
             self.cancelled.labels(reason=reason)  # present at 0, so rate() sees the first one
+        for result in ("ok", "failed"):
+            self.key_reloads.labels(result=result)
         for code in ("200", "500"):
             self.requests.labels(code=code)
         if restarted:

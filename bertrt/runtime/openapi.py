@@ -43,7 +43,35 @@ def output_schema(task: str) -> dict:
     return {"type": "object", "required": list(props), "properties": {**props, "truncated": truncated}}
 
 
-def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version: str) -> dict:
+def _mask_schemas(max_items: int, max_chars: int) -> dict:
+    span = {"type": "object", "required": ["type", "start", "end"], "properties": {
+        "type": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"}}}
+    masked = {"type": "object", "required": ["text", "found"], "properties": {
+        "text": {"type": "string"}, "found": {"type": "array", "items": span}}}
+    request = {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+        "inputs": {"type": "array", "maxItems": max_items, "items": input_schema("embed", max_chars)},
+        "style": {"type": "string", "enum": ["tag", "partial"], "default": "tag",
+                  "description": "tag: <EMAIL>; partial: keep a few characters (138****5678)"},
+        "types": {"type": "array", "items": {"type": "string"}, "description": "only these types (default: all)"}}}
+    return {"MaskRequest": request, "MaskResponse": {"type": "object", "required": ["outputs"], "properties": {
+        "outputs": {"type": "array", "items": masked}}}}
+
+
+def _mask_operation(predict: dict, err) -> dict:
+    """POST /v1/mask: predict's security, limits and refusals, the CLI's output objects."""
+    keep = ("401", "408", "413", "429", "503")
+    return {"summary": "Mask personal data in texts; the same objects as `bertrt mask` (offsets into the original)",
+            "operationId": "mask", **({"security": predict["security"]} if "security" in predict else {}),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/MaskRequest"}}}},
+            "responses": {"200": {"description": "one object per input", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/MaskResponse"}}}},
+                "422": err("not JSON, not the shape of MaskRequest, or an unknown type"),
+                **{k: v for k, v in predict["responses"].items() if k in keep}}}
+
+
+def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version: str, protect_metrics: bool = False,
+                  rate_limited: bool = False, mask: bool = False) -> dict:
     error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
     def err(text: str) -> dict:
@@ -70,6 +98,9 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
     if auth:
         predict["security"] = [{"bearer": []}]
         predict["responses"]["401"] = err("missing or wrong API key")
+    if rate_limited:
+        predict["responses"]["429"] = err("this caller's rate limit (per API key, or per client address without "
+                                          "keys) is used up; retry after the Retry-After header's seconds")
     status = {"type": "object", "properties": {"status": {"type": "string"}, "device": {"type": "string"},
                                                "version": {"type": "string"}, "artifact_sha256": {"type": "string"},
                                                "reason": {"type": "string"}}}
@@ -106,6 +137,15 @@ def build_openapi(task: str, max_items: int, max_chars: int, auth: bool, version
                 "request_id": {"type": "string", "description": "also in the X-Request-ID header, and in the log"}}},
         }},
     }
+    if mask:
+        doc["paths"]["/v1/mask"] = {"post": _mask_operation(predict, err)}
+        doc["components"]["schemas"].update(_mask_schemas(max_items, max_chars))
+    if protect_metrics:
+        for path in ("/metrics", "/openapi.json"):
+            op = doc["paths"].setdefault(path, {"get": {"summary": "This schema", "operationId": "openapi",
+                                                        "responses": {"200": {"description": "OpenAPI 3.0"}}}})["get"]
+            op["security"] = [{"bearer": []}]
+            op["responses"]["401"] = err("missing or wrong API key (--protect-metrics)")
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc

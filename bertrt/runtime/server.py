@@ -3,23 +3,27 @@
 POST /v1/predict {"inputs": [...]} -> {"outputs": [...]}; GET /healthz (the batcher is alive and beating),
 /readyz (model loaded and warm; device, version and artifact sha256), /metrics (Prometheus), /openapi.json.
 
-A predict request goes: API key (constant-time compare) -> admission (``max_concurrent_requests`` requests at once,
-else 503 + Retry-After, before any body is read) -> body (``max_body_bytes``) -> JSON and validation (on a worker
-thread when the body is large) -> tokenization (thread) -> batcher -> render. The whole is bounded by ``timeout``
-(504), and a client that disconnects takes its queued inputs with it (counted). Limits answer 413, bad shapes 422,
-overload 503; a failure of the model or of postprocessing is a JSON 500 that fails only the inputs that caused it.
+A predict request goes: API key (401) and rate limit (429; both in ``access.py``) -> admission
+(``max_concurrent_requests`` requests at once, else 503 + Retry-After, before any body is read) -> body
+(``max_body_bytes``) -> JSON and validation (on a worker thread when the body is large) -> tokenization (thread) ->
+batcher -> render. The whole is bounded by ``timeout`` (504), and a client that disconnects takes its queued inputs
+with it (counted). Limits answer 413, bad shapes 422, overload 503; a failure of the model or of postprocessing is
+a JSON 500 that fails only the inputs that caused it.
 Every answer carries X-Request-ID and is logged as one JSON line (``logs.py``); request texts are never logged.
+SIGHUP reloads the API key file (in the event loop, between requests; see ``launch.py`` for several workers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
-import hmac
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +37,15 @@ from starlette.routing import Route
 from .. import __version__
 from ..artifact import MANIFEST, sha256_file
 from ..errors import InputError, NonFiniteOutputError, QueueFullError, ShutdownError
+from .access import KeyRing, RateLimiter, check_access
 from .batcher import runtime_batcher
 from .edge import EVENT_HOOK
-from .logs import ACCESS
+from .logs import ACCESS, mask_logs
 from .metrics import Metrics
 from .openapi import build_openapi
-from .payload import Refused, finite, key_id, parse_request, render, request_id
+from .payload import Refused, finite, parse_request, render, request_id
+from .redact import available as masking_available
+from .redact import load_mask, mask_all, mask_inputs, masked_text, parse_mask_request
 
 log = logging.getLogger("bertrt.server")
 access = logging.getLogger(ACCESS)
@@ -46,6 +53,7 @@ OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed, and their answers ren
 _MESSAGES = {  # errors whose message does not depend on the request
     "unauthorized": "missing or wrong API key (send Authorization: Bearer <key>)",
     "not_ready": "the server is starting or shutting down; retry later",
+    "rate_limited": "this caller's rate limit (--rate-limit) is used up; retry after the Retry-After header's seconds",
     "overloaded": "the server is at its admission limit (--max-concurrent-requests); retry later",
     "client_disconnected": "the client disconnected before the answer",
 }
@@ -59,7 +67,12 @@ class ServeConfig:
     device: str = "auto"
     threads: int | None = None
     api_key: str | None = None
-    api_key_file: str | None = None  # read at startup; with workers, only the path travels to worker processes
+    api_key_file: str | None = None  # read at startup and on SIGHUP; with workers, only the path travels
+    protect_metrics: bool = False  # /metrics and /openapi.json need a key too
+    rate_limit: float | None = None  # requests per second per key (per client address without keys)
+    rate_burst: float | None = None  # bucket size; default max(1, rate_limit)
+    mask_inputs: bool = False  # mask personal data in texts before inference (needs bertrt.mask)
+    mask_logs: bool | None = None  # mask personal data in logged messages; None: on when bertrt.mask is installed
     max_items: int = 64  # inputs per request
     max_chars: int = 100_000  # characters per text field
     max_body_bytes: int = 4_000_000
@@ -80,6 +93,16 @@ class ServeConfig:
         for name in ("timeout", "liveness_timeout"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
+        if self.protect_metrics and not (self.api_key or self.api_key_file):
+            raise InputError("--protect-metrics needs keys to protect with; add --api-key-file")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise InputError(f"--rate-limit must be > 0 per second (got {self.rate_limit})")
+        if self.rate_burst is not None and (self.rate_limit is None or self.rate_burst < 1):
+            raise InputError("--rate-burst needs --rate-limit, and must be >= 1")
+        if self.mask_inputs:
+            load_mask("--mask-inputs")  # fail at start-up, before the model loads, when bertrt.mask is missing
+        if self.mask_logs:
+            load_mask("--mask-logs")
         if self.max_items > self.max_queue:
             raise InputError(f"--max-items {self.max_items} is larger than --max-queue {self.max_queue}: a full "
                              "request could never be queued; lower --max-items or raise --max-queue")
@@ -121,18 +144,35 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     digest = artifact_sha256(runtime)
     metrics = Metrics(runtime.device, runtime.task, __version__, digest, workers=config.workers)
     state = {"ready": False, "batcher": None, "admitted": 0}
-    schema = build_openapi(runtime.task, config.max_items, config.max_chars,
-                           bool(config.api_key or config.api_key_file), __version__)
-    api_key = read_api_key(config.api_key_file) if config.api_key_file else config.api_key
-    key = api_key.encode() if api_key else None
-    key_name = key_id(key) if key else None
+    keys = KeyRing(config.api_key_file, config.api_key)
+    limiter = RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit else None
+    metrics.keys.set(len(keys.ids))
+    masker = load_mask("--mask-inputs") if config.mask_inputs else None
+    mask_route = masker is not None or masking_available()
+    if config.mask_logs or (config.mask_logs is None and mask_route):
+        mask_logs(functools.partial(masked_text, load_mask("--mask-logs")))
+    else:
+        mask_logs(None)
+    schema = build_openapi(runtime.task, config.max_items, config.max_chars, keys.enabled, __version__,
+                           protect_metrics=config.protect_metrics, rate_limited=limiter is not None,
+                           mask=mask_route)
 
-    def authorized(request: Request) -> bool:
-        if key is None:
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # compare_digest takes constant time for equal-length inputs and does not short-circuit on content
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)
+    def reload_keys() -> None:
+        """SIGHUP: re-read the key file; a file that fails validation leaves the current keys in force."""
+        try:
+            keys.reload()
+        except InputError as e:
+            metrics.key_reloads.labels(result="failed").inc()
+            log.error("API key reload failed; the %d current keys stay in force: %s", len(keys.ids), e)
+            return
+        metrics.key_reloads.labels(result="ok").inc()
+        metrics.keys.set(len(keys.ids))
+        log.info("API keys reloaded: %d keys (%s)", len(keys.ids), ", ".join(keys.ids))
+
+    def refusal(status: int, reason: str, headers: dict, rid: str) -> Response:
+        body = render({"error": _MESSAGES[reason], "request_id": rid})
+        return Response(body, status_code=status, media_type="application/json",
+                        headers={**headers, "X-Request-ID": rid})
 
     def run_checked(encs: list) -> list:
         """The batcher's work: a NaN/Inf result becomes an error for its input alone."""
@@ -165,6 +205,8 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         args = (body, runtime.task, config.max_items, config.max_chars)
         inputs = await run_in_threadpool(parse_request, *args) if large else parse_request(*args)
         call.items = len(inputs)
+        if masker is not None:
+            inputs = await run_in_threadpool(mask_inputs, masker, inputs)
         call.parsed.set()
         t0 = time.perf_counter()
         try:
@@ -205,11 +247,21 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         raise Refused(504, f"no answer within {config.timeout:g} s (--timeout); retry, or send fewer inputs",
                       "timeout")
 
+    def gate(request: Request, call: _Call) -> tuple[int, bytes, str, dict] | None:
+        """The 401/429 answer for a caller without a valid key or out of tokens, else None."""
+        call.key, refused = check_access(keys, limiter, request.headers.get("authorization"),
+                                         request.client.host if request.client else None)
+        if not refused:
+            return None
+        if refused[1] == "rate_limited":
+            metrics.rate_limited.labels(key=call.key or "-").inc()
+        return refused[0], b"", refused[1], refused[2]
+
     async def answer(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
         """(status, body, error reason, extra headers) for one predict request."""
-        if not authorized(request):
-            return 401, b"", "unauthorized", {"WWW-Authenticate": "Bearer"}
-        call.key = key_name
+        refused = gate(request, call)
+        if refused:
+            return refused
         batcher = state["batcher"]
         if batcher is None or not state["ready"]:
             return 503, b"", "not_ready", {"Retry-After": "1"}
@@ -240,24 +292,53 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
             state["admitted"] -= 1
             metrics.admitted.dec()
 
-    async def predict(request: Request) -> Response:
-        call = _Call(request_id(request.headers.get("x-request-id")))
-        metrics.in_flight.inc()
+    async def answer_mask(request: Request, call: _Call) -> tuple[int, bytes, str | None, dict]:
+        """(status, body, error reason, extra headers) for one /v1/mask request: the CLI's objects, one per text."""
+        refused = gate(request, call)
+        if refused:
+            return refused
         try:
-            status, body, reason, headers = await answer(request, call)
+            body = await read_body(request)
+            texts, style, types = await run_in_threadpool(parse_mask_request, body, config.max_items,
+                                                          config.max_chars)
+            call.items = len(texts)
+            found = await run_in_threadpool(mask_all, masker or load_mask("/v1/mask"), texts, style, types)
+            return 200, await run_in_threadpool(render, {"outputs": found}), None, {}
+        except Refused as r:
+            return r.status, r.message.encode(), r.reason, {}
+        except ClientDisconnect:
+            return 499, b"", "client_disconnected", {}
+        except (InputError, ValueError) as e:  # e.g. an unknown type name
+            return 422, str(e).encode(), "bad_input", {}
+
+    async def respond(request: Request, path: str, handler) -> Response:
+        """Run ``handler`` for one POST, then render its error, log one access line and (predict) count it."""
+        call = _Call(request_id(request.headers.get("x-request-id")))
+        predicting = path == "/v1/predict"
+        metrics.in_flight.inc(int(predicting))
+        try:
+            status, body, reason, headers = await handler(request, call)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight.dec(int(predicting))
         if reason is not None:
-            metrics.errors.labels(reason=reason).inc()
+            if predicting:
+                metrics.errors.labels(reason=reason).inc()
             body = render({"error": body.decode() or _MESSAGES[reason], "request_id": call.id})
         latency = time.perf_counter() - call.started
-        metrics.requests.labels(code=str(status)).inc()
-        metrics.request_seconds.labels(code=str(status)).observe(latency)
-        access.info("predict", extra={"request_id": call.id, "method": "POST", "path": "/v1/predict",
+        if predicting:
+            metrics.requests.labels(code=str(status)).inc()
+            metrics.request_seconds.labels(code=str(status)).observe(latency)
+        access.info(path.rsplit("/", 1)[1], extra={"request_id": call.id, "method": "POST", "path": path,
                                       "status": status, "latency_ms": round(1000 * latency, 2), "items": call.items,
                                       "reason": reason, "key_id": call.key, "worker": os.getpid()})
         return Response(body, status_code=status, media_type="application/json",
                         headers={**headers, "X-Request-ID": call.id})
+
+    async def predict(request: Request) -> Response:
+        return await respond(request, "/v1/predict", answer)
+
+    async def mask_endpoint(request: Request) -> Response:
+        return await respond(request, "/v1/mask", answer_mask)
 
     async def healthz(request: Request) -> Response:
         batcher = state["batcher"]
@@ -272,11 +353,19 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
                 "version": __version__, "artifact_sha256": digest}
         return JSONResponse(body, status_code=200 if state["ready"] else 503)
 
+    def protected(request: Request) -> Response | None:
+        """The 401 for /metrics and /openapi.json under --protect-metrics without a valid key, else None."""
+        if config.protect_metrics and keys.identify(request.headers.get("authorization")) is None:
+            metrics.errors.labels(reason="unauthorized").inc()
+            return refusal(401, "unauthorized", {"WWW-Authenticate": "Bearer"},
+                           request_id(request.headers.get("x-request-id")))
+        return None
+
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return protected(request) or Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(schema)
+        return protected(request) or JSONResponse(schema)
 
     async def sampler() -> None:
         while True:
@@ -294,12 +383,24 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         state.update(batcher=batcher, ready=True)
         metrics.ready.set(1)
         sampling = asyncio.ensure_future(sampler())
+        hup = keys.path is not None and threading.current_thread() is threading.main_thread()
+        if hup:  # a server process (not a test thread): SIGHUP reloads the keys, in the loop, between requests
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys)
+            try:  # catch up with a change made while the model was loading (SIGHUP was ignored until now)
+                if keys.reload():
+                    log.info("API keys changed during start-up: %d keys (%s)", len(keys.ids), ", ".join(keys.ids))
+                    metrics.keys.set(len(keys.ids))
+            except InputError as e:
+                log.error("the API key file changed during start-up and fails validation; keeping the keys read "
+                          "at start: %s", e)
         log.info("ready: %s on %s, artifact sha256 %s", runtime.task, runtime.device, digest[:12])
         try:
             yield {EVENT_HOOK: metrics.edge_event}
         finally:
             state["ready"] = False
             sampling.cancel()
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await run_in_threadpool(batcher.close, True)  # uvicorn has finished in-flight requests by now
             metrics.shutdown()
             log.info("shut down")
@@ -307,17 +408,10 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
     routes = [Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"])]
+    if mask_route:
+        routes.append(Route("/v1/mask", mask_endpoint, methods=["POST"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime, app.state.metrics, app.state.serving = runtime, metrics, state
+    app.state.reload_keys, app.state.limiter = reload_keys, limiter  # what SIGHUP runs; the buckets (tests)
     return app
 
-
-def read_api_key(path: str) -> str:
-    """The API key in ``path`` (surrounding whitespace removed); an unreadable or empty file is an error."""
-    try:
-        key = open(path, encoding="utf-8").read().strip()
-    except OSError as e:
-        raise InputError(f"cannot read the API key file {path}: {e.strerror}") from None
-    if not key:
-        raise InputError(f"the API key file {path} is empty; put the key on its first line")
-    return key
