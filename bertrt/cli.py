@@ -378,6 +378,16 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Long(str, Enum):
+    truncate = "truncate"
+    chunks = "chunks"
+
+
+LONG_HELP = ("classify / embed inputs longer than the artifact's max length: truncate (the default; such outputs "
+             'say "truncated": true) or chunks (overlapping windows, probabilities or vectors averaged: slower, '
+             "but reads the whole text; use it when texts run long). qa contexts and ner texts are always windowed.")
+
+
 @app.command()
 def predict(
     artifact: Path = typer.Argument(..., help="An artifact directory (model.onnx, tokenizer.json, bertrt.json)."),
@@ -395,6 +405,7 @@ def predict(
                                    "GPU with short texts, lower it to reduce memory."),
     max_batch_tokens: int = typer.Option(16384, help="Most tokens per batch, padding included (rows x padded "
                                          "length). Lower it if memory is tight with long texts."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
 ):
     """Predict with an artifact: one JSON object per input, in input order (labels, entities, answers, vectors)."""
@@ -411,7 +422,7 @@ def predict(
     if input is not None and not input.is_file():
         raise InputError(f"input file not found: {input}")
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
-                 max_batch_size=batch_size)
+                 max_batch_size=batch_size, long=long.value)
     if texts and rt.task == "qa":
         raise InputError('a qa artifact needs {"question", "context"} objects: give them as JSONL with --input')
     out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
@@ -456,6 +467,7 @@ def serve(
     max_chars: int = typer.Option(100_000, help="Most characters in one text field (more: 413). Texts are "
                                   "truncated to the artifact's max length anyway; this bounds tokenization work."),
     max_body_bytes: int = typer.Option(4_000_000, help="Largest request body in bytes (more: 413)."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
 ):
     """Serve an artifact over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, /openapi.json."""
     from .runtime.server import ServeConfig, read_api_key
@@ -466,7 +478,8 @@ def serve(
     config = ServeConfig(artifact=str(artifact), device=device.value, threads=threads,
                          api_key_file=str(api_key_file) if api_key_file else None, max_items=max_items,
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
-                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue)
+                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         long=long.value)
     run_server(config, host=host, port=port, workers=workers)
 
 
@@ -692,7 +705,9 @@ def finetune_command(
                                    "into windows). Longer is slower, quadratically in attention."),
     doc_stride: int = typer.Option(None, help="QA: overlap in tokens between consecutive context windows "
                                    "(default: a quarter of --max-length); must be below max-length minus the question."),
-    batch_size: int = typer.Option(32, help="Examples per optimizer step; lower it if memory runs out."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per optimizer step. Default: 16 below 10,000 "
+                                             "training examples (small sets need the extra steps), else 32. Lower it "
+                                             "if memory runs out."),
     epochs: float = typer.Option(3.0, help="Passes over the training data (2-4 suits most tasks)."),
     max_steps: int = typer.Option(None, help="Stop after this many optimizer steps, if before --epochs."),
     lr: float = typer.Option(None, help="Peak learning rate. Default: 5e-5 full, 5e-4 lora/adapter, 1e-3 adalora, "
@@ -739,7 +754,7 @@ def finetune_command(
     share = 100 * r.trainable_parameters / r.total_parameters
     typer.echo(f"trainable parameters: {r.trainable_parameters:,} of {r.total_parameters:,} ({share:.2f}%)")
     if r.best:
-        from .train.metrics_report import format_report
+        from .tasks.report import format_report
 
         typer.echo(format_report(r.best))
     stopped = " (stopped early)" if r.stopped_early else ""
@@ -758,20 +773,19 @@ def evaluate_command(
                                    "length)."),
     batch_size: int = typer.Option(64, help="Examples per forward pass; lower it if memory runs out."),
     base: Path = typer.Option(None, help="PEFT checkpoints: where their base checkpoint is now, if it moved."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
 ):
     """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1."""
-    from .train.evaluate_artifact import evaluate_artifact, is_artifact
+    from .runtime.evaluate import evaluate_artifact, is_artifact
+    from .tasks.report import format_report
 
     if is_artifact(model):
-        from .train.metrics_report import format_report
-
-        report = evaluate_artifact(model, data)
+        report = evaluate_artifact(model, data, long=long.value)
     else:
         from .train.evaluate import evaluate_dir
-        from .train.metrics_report import format_report
 
         report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride, batch_size=batch_size,
-                              base=base)
+                              base=base, long=long.value)
     typer.echo(format_report(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
@@ -790,7 +804,7 @@ def zeroshot_command(
     json_out: Path = typer.Option(None, "--json", help="Write predictions (and the report) as JSON here."),
 ):
     """Classify without training: fill a cloze prompt and read the masked-LM head through a verbalizer."""
-    from .train.metrics_report import format_report
+    from .tasks.report import format_report
     from .train.zeroshot import zeroshot
 
     result = zeroshot(model, data, template, verbalizer, max_length=max_length)

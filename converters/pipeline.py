@@ -55,12 +55,21 @@ def load_for_export(checkpoint: Path, cfg: ExportConfig):
     return model, tokenizer
 
 
-def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None):
+def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None, stride=None):
     task = model.config.task
     examples = read_examples(path, task, model.config.labels, max_samples or pcfg.max_samples)
     pad = tokenizer.token_to_id("[PAD]")
     return encode(examples, tokenizer, task, max_length, pcfg.batch_size,
-                  pad_id=model.config.pad_token_id if pad is None else pad)
+                  pad_id=model.config.pad_token_id if pad is None else pad, labels=model.config.labels, stride=stride)
+
+
+def _finetuned(checkpoint: Path) -> dict:
+    """What fine-tuning recorded (finetune.json's config): the max length and the windows' stride it trained with."""
+    f = checkpoint / "finetune.json"
+    try:
+        return json.loads(f.read_text()).get("config", {}) if f.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, export: ExportConfig | None = None,
@@ -92,10 +101,13 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
 
     model, tokenizer = load_for_export(checkpoint, export)
     mcfg, task = model.config, model.config.task
-    max_length = export.max_length or mcfg.max_position_embeddings
+    trained = _finetuned(checkpoint)
+    # the length and stride the model was fine-tuned with: the artifact then encodes as training and evaluation did
+    max_length = export.max_length or trained.get("max_length") or mcfg.max_position_embeddings
     if max_length > mcfg.max_position_embeddings:
         raise ExportError(f"max_length {max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
-    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity)
+    stride = trained.get("doc_stride") if task in ("qa", "ner") else None
+    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity, stride=stride)
     calib = None
     if quantize.mode == "static":
         src = calib_path or parity.eval_path
@@ -157,7 +169,8 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
         pruned = len(set(mcfg.num_heads)) > 1 or len(set(mcfg.ffn_sizes)) > 1
         manifest = {
-            "task": task, "labels": list(mcfg.labels), "max_length": max_length, "inputs": list(INPUT_NAMES),
+                "task": task, "labels": list(mcfg.labels), "max_length": max_length, "doc_stride": stride,
+            "inputs": list(INPUT_NAMES),
             "outputs": list(TASK_OUTPUTS[task]),
             "pooling": mcfg.pooling if task == "embed" else None,
             "normalize": bool(mcfg.normalize) if task == "embed" else False,
@@ -233,7 +246,8 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     ecfg = ExportConfig(task=manifest["task"], pooling=manifest.get("pooling"), normalize=manifest.get("normalize"))
     model, _ = load_for_export(ckpt, ecfg)
     tokenizer = load_tokenizer(artifact / "tokenizer.json")
-    batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg)
+    batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg,
+                       stride=manifest.get("doc_stride"))
     ref = torch_outputs(model, batches, progress)
     prec = manifest["precision"]
     report = check(manifest["task"], "fp32" if prec == "fp32" else ("fp16" if prec == "fp16" else "int8"), ref,

@@ -66,23 +66,31 @@ def pair_rows(n, seed):
     return rows
 
 
-def ner_rows(n, seed):
-    """People (one word) and cities (one word, or 'new york') among filler."""
+def ner_rows(n, seed, punct=False):
+    """People (one word) and cities (one word, or 'new york') among filler. ``punct``: as in social-media text,
+    some words carry punctuation the tokenizer splits off ('@john', "mary's", '#alpha'; the marks are [UNK] tokens
+    of the word-level vocabulary); the whitespace word is what the tag belongs to."""
     rng = random.Random(seed)
+
+    def attach(word, person):
+        if not punct or rng.random() < 0.5:
+            return word
+        return rng.choice(["@" + word, word + "'s"] if person else ["#" + word, word + "'s"])
+
     rows = []
     for _ in range(n):
         tokens, tags = [], []
         for _ in range(rng.randint(4, 9)):
             r = rng.random()
             if r < 0.2:
-                tokens.append(rng.choice(PEOPLE)), tags.append("B-PER")
+                tokens.append(attach(rng.choice(PEOPLE), True)), tags.append("B-PER")
             elif r < 0.3:
                 tokens += ["new", "york"]
                 tags += ["B-LOC", "I-LOC"]
             elif r < 0.4:
                 tokens.append(rng.choice(CITIES)), tags.append("B-LOC")
             else:
-                tokens.append(rng.choice(FILLER + ["new"])), tags.append("O")
+                tokens.append(attach(rng.choice(FILLER + ["new"]), False)), tags.append("O")
         rows.append({"tokens": tokens, "tags": tags})
     return rows
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataError
 
 
@@ -39,30 +37,20 @@ def read_workload(path: str | Path, limit: int | None = None) -> Workload:
 
 def reference_predictions(checkpoint: str | Path, texts: list[str], max_length: int,
                           batch_size: int = 32) -> tuple[list[str], list[str]]:
-    """(predicted label per text, the checkpoint's label names) from bertrt's PyTorch model in fp32."""
-    import torch
-
+    """(predicted label per text, the checkpoint's label names) from bertrt's PyTorch model in fp32, encoded,
+    batched and decoded by ``bertrt.tasks`` as the runtime does it."""
     from ..checkpoint import load_checkpoint
-    from ..data.tasks import prepare_tokenizer
+    from ..tasks.encode import TextEncoder
+    from ..tasks.predict import predict
     from ..tokenizer import load_tokenizer
+    from ..train.evaluate import torch_forward
 
     model = load_checkpoint(checkpoint, task="classify")
-    tok = prepare_tokenizer(load_tokenizer(checkpoint), max_length)
-    pad = tok.token_to_id("[PAD]")
-    pad = model.config.pad_token_id if pad is None else pad
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(texts), batch_size):
-            encs = tok.encode_batch(texts[s:s + batch_size])
-            T = max(len(e.ids) for e in encs)
-            ids = np.full((len(encs), T), pad, dtype=np.int64)
-            mask, types = np.zeros_like(ids), np.zeros_like(ids)
-            for i, e in enumerate(encs):
-                ids[i, :len(e.ids)], mask[i, :len(e.ids)], types[i, :len(e.ids)] = e.ids, 1, e.type_ids
-            logits = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types))["logits"]
-            out += logits.argmax(-1).tolist()
+    encoder = TextEncoder(load_tokenizer(checkpoint), "classify", max_length)
     labels = list(model.config.labels)
-    return [labels[i] for i in out], labels
+    answers = predict("classify", encoder.encode([(t, None) for t in texts]), torch_forward(model), labels,
+                      encoder.pad_id, max_length, batch_size * max_length, batch_size)
+    return [a["label"] for a in answers], labels
 
 
 @dataclass
@@ -83,7 +71,12 @@ class Gate:
 
 
 def accuracy(preds: list[str], gold: list[str]) -> float:
-    return 100.0 * sum(p == g for p, g in zip(preds, gold)) / len(gold)
+    """Accuracy in percent (bench rows are read by people), from ``bertrt.tasks.metrics``."""
+    from ..tasks.metrics import classification_report
+
+    labels = sorted(set(preds) | set(gold))
+    index = {name: i for i, name in enumerate(labels)}
+    return 100.0 * classification_report([index[g] for g in gold], [index[p] for p in preds], labels)["accuracy"]
 
 
 def check(preds: list[str], reference: list[str], gold: list[str], gate: Gate | None) -> dict:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 
-from ..runtime.encode import padded_length, plan_batches
+from ..tasks.encode import pad_rows, padded_length, plan_batches
 
 PEERS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8")
 NAMES = {"torch-fp32": "PyTorch eager fp32", "torch-bf16": "PyTorch bf16 autocast",
@@ -48,12 +47,7 @@ class _Peer:
         ids, types = enc["input_ids"], enc["token_type_ids"]
         for batch in plan_batches([len(x) for x in ids], batch_size * self.max_length, batch_size, self.max_length):
             T = padded_length(max(len(ids[i]) for i in batch), self.max_length)
-            a = np.full((len(batch), T), self.pad_id, dtype=np.int64)  # (B, T)
-            m, t = np.zeros_like(a), np.zeros_like(a)
-            for row, i in enumerate(batch):
-                n = len(ids[i])
-                a[row, :n], m[row, :n], t[row, :n] = ids[i], 1, types[i]
-            yield batch, {"input_ids": a, "attention_mask": m, "token_type_ids": t}
+            yield batch, pad_rows([ids[i] for i in batch], [types[i] for i in batch], self.pad_id, T)
 
     def predict(self, texts: list[str], batch_size: int) -> list[str]:
         out: list = [None] * len(texts)

@@ -185,6 +185,6 @@ class Batcher:
 def runtime_batcher(runtime, **options) -> Batcher:
     """A batcher over ``runtime.run_batch`` whose token budget counts the runtime's padding. Items are
     ``Encoded`` inputs from ``runtime.encode``; pass ``len(encoded)`` as their tokens."""
-    from .encode import padded_length
+    from ..tasks.encode import padded_length
 
     return Batcher(runtime.run_batch, padded_length=lambda n: padded_length(n, runtime.max_length), **options)

@@ -50,6 +50,7 @@ class ServeConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    long: str = "truncate"  # classify/embed inputs past the max length: "truncate" (flagged) or "chunks" (pooled)
 
 
 class _Refused(Exception):
@@ -117,7 +118,7 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         from .runtime import Runtime
 
         runtime = Runtime(config.artifact, device=config.device, threads=config.threads,
-                          max_batch_tokens=max(config.max_batch_tokens, 1))
+                          max_batch_tokens=max(config.max_batch_tokens, 1), long=config.long)
     metrics = Metrics(runtime.device, runtime.task)
     state = {"ready": False, "batcher": None}
     schema = build_openapi(runtime.task, config.max_items, config.max_chars,

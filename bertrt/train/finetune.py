@@ -30,13 +30,21 @@ from ..errors import BertrtError, PeftError
 from .peft import PeftConfig
 
 DEFAULT_LR = {None: 5e-5, "lora": 5e-4, "adalora": 1e-3, "adapter": 5e-4, "prefix": 1e-2}
+SMALL_DATA = 10_000  # training examples below which the default batch is 16 rather than 32
+
+
+def default_batch_size(n_examples: int) -> int:
+    """16 for fewer than ``SMALL_DATA`` training examples, else 32. Why: at a fixed number of epochs a small set
+    gets few optimizer steps, and half-size batches double them (issue #15 reports, on a 1.9k-sentence NER set,
+    entity F1 0.327 at batch 16 against 0.201 at 32); large sets train as well, and faster, at 32."""
+    return 16 if n_examples < SMALL_DATA else 32
 
 
 @dataclass
 class FinetuneConfig:
     task: str
     max_length: int = 128
-    batch_size: int = 32
+    batch_size: int | None = None  # None: default_batch_size(number of training examples)
     epochs: float = 3.0
     max_steps: int | None = None
     lr: float | None = None  # None: 5e-5 for full fine-tuning, higher for PEFT (DEFAULT_LR)
@@ -68,7 +76,7 @@ class FinetuneConfig:
         if self.merge and self.peft.method not in ("lora", "adalora"):
             raise PeftError(f"--merge cannot fold {self.peft.method}: it adds computation that plain BERT weights "
                             "cannot hold; use --peft lora or adalora, or drop --merge")
-        if self.batch_size < 1 or self.max_length < 8:
+        if (self.batch_size is not None and self.batch_size < 1) or self.max_length < 8:
             raise BertrtError("--batch-size must be >= 1 and --max-length >= 8")
         if self.patience is not None and self.patience < 1:
             raise BertrtError(f"--patience must be >= 1, got {self.patience}")
@@ -103,7 +111,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     from ..tokenizer import load_tokenizer
     from .evaluate import evaluate
     from .loop import EpochBatches, TrainConfig, train
-    from .metrics import main_metric
+    from ..tasks.metrics import main_metric
     from .objectives import balanced_class_weights, make_loss_fn
     from .peft import apply_peft
 
@@ -131,11 +139,11 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         _set_dropout(model, config.dropout)
 
     encode = {"classify": lambda ex: T.encode_classify(ex, tok, labels, max_length),
-              "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length),
+              "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
               "qa": lambda ex: T.encode_qa(ex, tok, max_length, config.doc_stride)}[task]
     train_feats = encode(train_ex)
-    eval_feats = encode(eval_ex) if eval_ex is not None else None
-    steps_per_epoch = math.ceil(len(train_feats) / config.batch_size)
+    batch_size = config.batch_size or default_batch_size(len(train_ex))
+    steps_per_epoch = math.ceil(len(train_feats) / batch_size)
     total_steps = math.ceil(config.epochs * steps_per_epoch)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -165,7 +173,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     evals = []
 
     def eval_fn(m):
-        report = evaluate(m, tok, eval_ex, task, labels, max_length, config.doc_stride, features=eval_feats)
+        report = evaluate(m, tok, eval_ex, task, labels, max_length, config.doc_stride)
         name, score = main_metric(report)
         evals.append({"step": counter["step"], name: score})
         if score > best["score"]:
@@ -183,7 +191,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
                            weight_decay=config.weight_decay, warmup=config.warmup, max_steps=total_steps,
                            seed=config.seed, precision=config.precision, progress=config.progress,
                            eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every)
-    batches = EpochBatches(train_feats, config.batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
+    batches = EpochBatches(train_feats, batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
     counter = {"step": _resumed_step(run_dir) if resume else 0}
     after_step = _after_step_hook(peft, counter)
@@ -210,6 +218,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
             "trainable_parameters": trainable, "total_parameters": total, "steps": steps, "stopped_early": stopped,
             "evals": evals, "best": best["report"]}
     info["config"]["max_length"] = max_length
+    info["config"]["batch_size"] = batch_size
     with atomic_dir(out, force=True) as tmp:
         if peft is None:
             write_checkpoint_files(model, tmp, tok)

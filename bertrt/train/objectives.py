@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.tasks import IGNORE_INDEX
+from ..tasks.encode import IGNORE_INDEX
 
 
 def _inputs(batch: dict) -> dict:

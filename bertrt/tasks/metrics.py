@@ -1,6 +1,8 @@
 """Task metrics, pure Python (no torch): classification, entity-level NER, SQuAD v1.1 exact match and F1.
 
-Scores are fractions in [0, 1] except SQuAD's EM/F1, which the official script reports in percent and so do we.
+Every score is a fraction in [0, 1]; ``report.format_report`` prints percent where people expect it (SQuAD).
+``report`` scores the answers ``predict`` returns, so a checkpoint, an export gate, bench and the runtime that
+produce the same answers get the same numbers.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import collections
 import re
 import string
+
+from .decode import entity_spans, word_tags
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
@@ -47,21 +51,8 @@ def classification_report(y_true: list[int], y_pred: list[int], labels: list[str
 
 # --------------------------------------------------------------------------------------------------------- NER
 def entities(tags: list[str]) -> set[tuple[str, int, int]]:
-    """Entity spans ``(type, first, last)`` (inclusive word indices) from BIO / IOB2 tags.
-
-    As conlleval reads them: ``B-X`` starts an entity; ``I-X`` continues an entity of type X and otherwise (after
-    ``O`` or another type) starts one.
-    """
-    spans, kind, start = set(), None, 0
-    for i, tag in enumerate(list(tags) + ["O"]):
-        prefix, _, t = tag.partition("-")
-        continues = prefix == "I" and t == kind
-        if kind is not None and not continues:
-            spans.add((kind, start, i - 1))
-            kind = None
-        if prefix in ("B", "I") and not continues:
-            kind, start = t, i
-    return spans
+    """Entity spans ``(type, first, last)`` (inclusive word indices) from BIO / IOB2 / BIES tags (``entity_spans``)."""
+    return set(entity_spans(tags))
 
 
 def ner_report(gold: list[list[str]], pred: list[list[str]]) -> dict:
@@ -115,21 +106,33 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 def squad_report(predictions: dict[str, str], answers: dict[str, list[str]]) -> dict:
-    """EM and F1 in percent, each the max over a question's gold answers, averaged over questions."""
+    """EM and F1 (fractions), each the max over a question's gold answers, averaged over questions."""
     missing = [q for q in answers if q not in predictions]
     if missing:
         raise ValueError(f"no prediction for {len(missing)} question(s), e.g. {missing[0]!r}")
     em = [max(exact_match(predictions[q], a) for a in golds) for q, golds in answers.items()]
     f1 = [max(token_f1(predictions[q], a) for a in golds) for q, golds in answers.items()]
     n = len(answers) or 1
-    return {"task": "qa", "count": len(answers), "exact_match": 100 * sum(em) / n, "f1": 100 * sum(f1) / n}
+    return {"task": "qa", "count": len(answers), "exact_match": sum(em) / n, "f1": sum(f1) / n}
 
 
 def main_metric(report: dict) -> tuple[str, float]:
     """The number early stopping and best-checkpoint selection maximise, per task."""
-    task = report["task"]
-    if task == "classify":
+    if report["task"] == "classify":
         return "accuracy", report["accuracy"]
+    return "f1", report["f1"]  # ner: entity F1; qa: SQuAD F1
+
+
+def report(task: str, outputs: list[dict], gold: list, labels: list[str], encs: list | None = None) -> dict:
+    """The task's report for answers ``outputs`` (as ``predict`` returns them) against ``gold``: classify label
+    names; ner BIO tags of each input's words (``encs[i].spans``, the words ``predict`` decided); qa the list of
+    acceptable answers per question."""
+    if len(outputs) != len(gold):
+        raise ValueError(f"{len(gold)} gold answers but {len(outputs)} predictions")
+    if task == "classify":
+        index = {name: i for i, name in enumerate(labels)}
+        return classification_report([index[g] for g in gold], [index[o["label"]] for o in outputs], labels)
     if task == "ner":
-        return "f1", report["f1"]
-    return "f1", report["f1"]
+        return ner_report(gold, [word_tags(e.spans, o["entities"]) for o, e in zip(outputs, encs)])
+    ids = [str(i) for i in range(len(gold))]
+    return squad_report({q: o["answer"] for q, o in zip(ids, outputs)}, dict(zip(ids, gold)))

@@ -1,4 +1,4 @@
-"""Render a metrics report (``bertrt.train.metrics``) for people. Torch-free: artifact evaluation uses it too."""
+"""Render a metrics report (``bertrt.tasks.metrics``) for people: fractions, except SQuAD EM/F1 in percent."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ def format_report(r: dict) -> str:
     """A report for people: per-class / per-type table with averages, confusion matrix, or EM/F1."""
     head = [f"model {r['model']}  data {r['data']}"] if "model" in r else []
     if r["task"] == "qa":
-        return "\n".join(head + [f"questions    {r['count']}", f"exact match  {r['exact_match']:.2f}",
-                                 f"F1           {r['f1']:.2f}"])
+        return "\n".join(head + [f"questions    {r['count']}", f"exact match  {100 * r['exact_match']:.2f}",
+                                 f"F1           {100 * r['f1']:.2f}"])
     rows = r["per_class"] if r["task"] == "classify" else r["per_type"]
     width = max([len(k) for k in rows] + [12])
     lines = head + [f"{'':<{width}}  precision  recall      f1  support"]
