@@ -23,6 +23,7 @@ MANIFEST = "bertrt.json"
 REQUIRED_KEYS = ("format_version", "task", "labels", "max_length", "inputs", "outputs", "precision", "files")
 TASK_OUTPUTS = {  # ONNX output names per task, in order
     "classify": ["logits"],
+    "multilabel": ["logits"],
     "ner": ["logits"],
     "qa": ["start_logits", "end_logits"],
     "embed": ["embedding"],

@@ -486,6 +486,7 @@ def serve(
 # ---------------------------------------------------------------------------------------------------- export
 class ExportTask(str, Enum):
     classify = "classify"
+    multilabel = "multilabel"
     ner = "ner"
     qa = "qa"
     embed = "embed"
@@ -660,6 +661,7 @@ def verify(
 # ---------------------------------------------------------------------------------------------------- finetune
 class FinetuneTask(str, Enum):
     classify = "classify"
+    multilabel = "multilabel"
     ner = "ner"
     qa = "qa"
 
@@ -683,7 +685,9 @@ def finetune_command(
                                  "ner CoNLL or JSONL (tokens, tags), qa SQuAD v1.1 JSON."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the fine-tuned checkpoint (written "
                                 "atomically; the training run's files go in its run/ subfolder)."),
-    task: FinetuneTask = typer.Option(..., "--task", help="classify (single texts or pairs), ner or qa."),
+    task: FinetuneTask = typer.Option(..., "--task", help="classify (single texts or pairs), multilabel (any "
+                                      'number of labels per text: JSONL with a "labels" list; per-label thresholds '
+                                      "are tuned on --eval), ner or qa."),
     from_: Path = typer.Option(..., "--from", help="Start from this bertrt checkpoint or Hugging Face BERT folder "
                                "(a task head is added fresh when it has none for these labels)."),
     eval_data: Path = typer.Option(None, "--eval", help="Held-out data in the same format: evaluated every "

@@ -16,8 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .tasks import LABELLED_TASKS, SEQUENCE_TASKS
+
 # What each task puts on top of the encoder; "base" is the bare encoder (+ pooler when the checkpoint has one).
-TASKS = ("base", "embed", "pretrain", "mlm", "classify", "ner", "qa")
+TASKS = ("base", "embed", "pretrain", "mlm", "classify", "multilabel", "ner", "qa")
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -103,7 +105,7 @@ class BertConfig:
             raise ValueError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
         if any(h < 0 for h in self.num_heads) or any(f < 0 for f in self.ffn_sizes):
             raise ValueError("head counts and FFN sizes must be >= 0")
-        if self.task in ("classify", "ner") and len(self.labels) < 2:
+        if self.task in LABELLED_TASKS and len(self.labels) < 2:
             raise ValueError(f"task {self.task!r} needs at least 2 label names, got {self.labels}")
 
     @property
@@ -299,11 +301,11 @@ class Bert(nn.Module):
             self.mlm = MaskedLMHead(cfg)
         if task == "pretrain":
             self.nsp = nn.Linear(H, 2)
-        if task in ("classify", "ner"):
+        if task in LABELLED_TASKS:
             self.classifier = nn.Linear(H, len(cfg.labels))
         if task == "qa":
             self.qa_outputs = nn.Linear(H, 2)
-        if task in ("pretrain", "classify") and not cfg.with_pooler:
+        if task in ("pretrain",) + SEQUENCE_TASKS and not cfg.with_pooler:
             raise ValueError(f"task {task!r} needs the pooler (with_pooler=True)")
         self.apply(self._init_weights)
 
@@ -341,7 +343,7 @@ class Bert(nn.Module):
             if task == "pretrain":
                 out["nsp_logits"] = self.nsp(self.bert.pool(h))  # (B, 2)
             return out
-        if task == "classify":
+        if task in SEQUENCE_TASKS:  # multilabel: one independent sigmoid per label, applied by decoding
             return {"logits": self.classifier(self.dropout(self.bert.pool(h)))}  # (B, L)
         if task == "ner":
             return {"logits": self.classifier(self.dropout(h))}  # (B, T, L)

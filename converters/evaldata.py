@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.errors import EvalDataError
+from bertrt.tasks import LABELLED_TASKS, SEQUENCE_TASKS
 from bertrt.tasks.encode import Encoded, TextEncoder, join_words
 from bertrt.tasks.predict import in_order
 
@@ -28,7 +29,7 @@ class Example:
     text: str | None = None  # the text; the question for qa
     text_pair: str | None = None  # the second segment; the context for qa
     words: list[str] | None = None  # ner input
-    label: str | None = None  # classify gold label
+    label: str | list[str] | None = None  # classify gold label; multilabel the labels that apply
     tags: list[str] | None = None  # ner gold tags, one per word
     answers: list[str] | None = None  # qa gold answers
 
@@ -50,6 +51,7 @@ class EvalSet:
     labels: list[str]
     encs: list[Encoded]
     gold: list | None
+    options: dict | None = None  # decoding settings (bertrt.tasks.predict.decode_options)
 
 
 @dataclass
@@ -113,15 +115,15 @@ def read_examples(path: str | None, task: str, labels: list[str], max_samples: i
         return [Example(words=x.split()) if task == "ner" else Example(text=x) for x in lines]
     want = "classify" if task == "embed" else task
     kind = _sniff(p)
-    if kind != want:
+    if kind != want and not (want == "multilabel" and kind == "classify"):
         raise EvalDataError(f"{p} holds {kind} data but the model's task is {task}; pass evaluation data of the "
                             f"{task} task (the formats `bertrt finetune` reads)")
     rows = read_task(p, want, require_labels=False)[:max_samples]
-    if task in ("classify", "ner"):
+    if task in LABELLED_TASKS:
         check_labels(task, rows, labels, p)
-    if want == "classify":
-        return [Example(text=r.text, text_pair=r.text_pair, label=r.label if task == "classify" else None)
-                for r in rows]
+    if want in SEQUENCE_TASKS:
+        return [Example(text=r.text, text_pair=r.text_pair,
+                        label={"classify": r.label, "multilabel": r.labels}.get(task)) for r in rows]
     if want == "ner":
         return [Example(words=list(r.tokens), tags=r.tags) for r in rows]
     return [Example(text=r.question, text_pair=r.context, answers=[a[0] for a in r.answers] or None) for r in rows]
@@ -133,7 +135,7 @@ def builtin_examples(task: str) -> list[Example]:
         return [Example(text=q, text_pair=c, answers=[a]) for q, c, a in sample.QA]
     if task == "ner":
         return [Example(words=t.split()) for t in sample.TEXTS]
-    if task == "classify":
+    if task in SEQUENCE_TASKS:
         pairs = sample.sentence_pairs()
         singles = sample.TEXTS[: len(sample.TEXTS) // 2]
         mixed = []
@@ -147,10 +149,10 @@ def builtin_examples(task: str) -> list[Example]:
 
 
 def encode(examples: list[Example], tokenizer, task: str, max_length: int, batch_size: int, pad_id: int = 0,
-           labels: list[str] | None = None, stride: int | None = None) -> list[Batch]:
+           labels: list[str] | None = None, stride: int | None = None, options: dict | None = None) -> list[Batch]:
     """Encode as the runtime does (qa contexts and ner texts windowed) and cut the rows, in order, into batches
     of ``batch_size`` padded on the right to their longest row; every batch points at the shared ``EvalSet``."""
     encs = TextEncoder(tokenizer, task, max_length, stride).encode([e.pair() for e in examples])
     gold = [e.gold() for e in examples]
-    data = EvalSet(task, list(labels or []), encs, None if any(g is None for g in gold) else gold)
+    data = EvalSet(task, list(labels or []), encs, None if any(g is None for g in gold) else gold, options)
     return [Batch(feeds, rows, data) for rows, feeds in in_order(encs, pad_id, batch_size)]

@@ -20,7 +20,7 @@ from bertrt.tasks.predict import decode_batches, outputs_by_input
 from .config import ParityConfig
 from .evaldata import Batch
 
-METRIC_NAMES = {"classify": "accuracy", "ner": "entity F1", "qa": "SQuAD F1"}
+METRIC_NAMES = {"classify": "accuracy", "multilabel": "micro F1", "ner": "entity F1", "qa": "SQuAD F1"}
 
 
 def torch_outputs(model, batches: list[Batch], progress=None) -> list[dict[str, np.ndarray]]:
@@ -113,7 +113,8 @@ def answers(task: str, outs: list[dict], batches: list[Batch]) -> tuple[list[int
     """(input indices, answers) for the inputs whose every window is in ``batches``: decoded by ``bertrt.tasks``
     exactly as the runtime and checkpoint evaluation decode them."""
     data = batches[0].data
-    got = decode_batches(task, data.encs, [(b.rows, b.feeds) for b in batches], outs, _labels(data, outs))
+    got = decode_batches(task, data.encs, [(b.rows, b.feeds) for b in batches], outs, _labels(data, outs),
+                         data.options)
     kept = [i for i, a in enumerate(got) if a is not None]
     return kept, [got[i] for i in kept]
 

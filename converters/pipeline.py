@@ -15,6 +15,8 @@ from pathlib import Path
 
 from bertrt.artifact import INPUT_NAMES, TASK_OUTPUTS, load_manifest, sha256_file, write_artifact
 from bertrt.atomic import check_writable
+from bertrt.checkpoint import finetune_record
+from bertrt.tasks.predict import decode_options
 from bertrt.errors import ArtifactError, ExportError, ParityError
 
 from .config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
@@ -55,21 +57,13 @@ def load_for_export(checkpoint: Path, cfg: ExportConfig):
     return model, tokenizer
 
 
-def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None, stride=None):
+def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None, stride=None, options=None):
     task = model.config.task
     examples = read_examples(path, task, model.config.labels, max_samples or pcfg.max_samples)
     pad = tokenizer.token_to_id("[PAD]")
     return encode(examples, tokenizer, task, max_length, pcfg.batch_size,
-                  pad_id=model.config.pad_token_id if pad is None else pad, labels=model.config.labels, stride=stride)
-
-
-def _finetuned(checkpoint: Path) -> dict:
-    """What fine-tuning recorded (finetune.json's config): the max length and the windows' stride it trained with."""
-    f = checkpoint / "finetune.json"
-    try:
-        return json.loads(f.read_text()).get("config", {}) if f.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
+                  pad_id=model.config.pad_token_id if pad is None else pad, labels=model.config.labels, stride=stride,
+                  options=options)
 
 
 def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, export: ExportConfig | None = None,
@@ -101,13 +95,15 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
 
     model, tokenizer = load_for_export(checkpoint, export)
     mcfg, task = model.config, model.config.task
-    trained = _finetuned(checkpoint)
+    trained = finetune_record(checkpoint)
     # the length and stride the model was fine-tuned with: the artifact then encodes as training and evaluation did
     max_length = export.max_length or trained.get("max_length") or mcfg.max_position_embeddings
     if max_length > mcfg.max_position_embeddings:
         raise ExportError(f"max_length {max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
     stride = trained.get("doc_stride") if task in ("qa", "ner") else None
-    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity, stride=stride)
+    thresholds = trained.get("thresholds") if task == "multilabel" else None
+    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity, stride=stride,
+                       options=decode_options({"normalize": mcfg.normalize, "thresholds": thresholds}))
     calib = None
     if quantize.mode == "static":
         src = calib_path or parity.eval_path
@@ -170,6 +166,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         pruned = len(set(mcfg.num_heads)) > 1 or len(set(mcfg.ffn_sizes)) > 1
         manifest = {
                 "task": task, "labels": list(mcfg.labels), "max_length": max_length, "doc_stride": stride,
+            "thresholds": thresholds,
             "inputs": list(INPUT_NAMES),
             "outputs": list(TASK_OUTPUTS[task]),
             "pooling": mcfg.pooling if task == "embed" else None,
@@ -247,7 +244,7 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     model, _ = load_for_export(ckpt, ecfg)
     tokenizer = load_tokenizer(artifact / "tokenizer.json")
     batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg,
-                       stride=manifest.get("doc_stride"))
+                       stride=manifest.get("doc_stride"), options=decode_options(manifest))
     ref = torch_outputs(model, batches, progress)
     prec = manifest["precision"]
     report = check(manifest["task"], "fp32" if prec == "fp32" else ("fp16" if prec == "fp16" else "int8"), ref,

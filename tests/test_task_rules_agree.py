@@ -1,5 +1,6 @@
 """One set of task rules: for the same logits, checkpoint evaluation, the export gate, the bench gate and
-``Runtime`` reach identical answers, decisions and metrics (classify, sentence pairs, NER, QA over windows).
+``Runtime`` reach identical answers, decisions and metrics (classify, sentence pairs, multi-label with per-label
+thresholds, NER, QA over windows).
 
 The model is a fake with fixed random tables: a row's logits depend only on its own real tokens, so every path
 that feeds it the same rows gets the same numbers, whatever the batching and padding."""
@@ -26,7 +27,8 @@ from bertrt.train.evaluate import predict_examples  # noqa: E402
 from .test_export_fixtures import tiny_tokenizer  # noqa: E402
 
 MAX_LENGTH = 32
-LABELS = {"classify": ["business", "sport", "tech"], "ner": ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"], "qa": []}
+THRESHOLDS = [0.4, 0.5, 0.6]  # multilabel: per label, as tuned at fine-tuning and stored in the artifact
+LABELS = {"classify": ["business", "sport", "tech"], "multilabel": ["food", "mood", "sport"], "ner": ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"], "qa": []}
 WORDS = ("the meeting is at noon . rain is expected across the north of the country by thursday evening . the "
          "central bank left interest rates unchanged citing slower growth in the second quarter").split()
 
@@ -44,7 +46,7 @@ class FakeModel:
     def run(self, feeds: dict) -> dict:
         ids, mask = feeds["input_ids"], feeds["attention_mask"].astype(np.float32)  # (B, T)
         per_token = self.table[ids] * mask[..., None]  # (B, T, L)
-        if self.task == "classify":
+        if self.task in ("classify", "multilabel"):
             return {"logits": per_token.sum(1) / mask.sum(1, keepdims=True)}  # (B, L)
         if self.task == "ner":
             return {"logits": per_token}
@@ -71,6 +73,9 @@ def _examples(case: str, n: int = 24):
     def text(k):
         return " ".join(str(w) for w in rng.choice(WORDS, size=k))
 
+    if case == "multilabel":
+        return [ClassifyExample(text(int(rng.integers(2, 40))), None,
+                                labels=[x for x in LABELS[case] if rng.random() < 0.4]) for _ in range(n)]
     if case in ("classify", "pair"):
         return [ClassifyExample(text(int(rng.integers(2, 40))), text(5) if case == "pair" else None,
                                 str(rng.choice(LABELS["classify"]))) for _ in range(n)]
@@ -96,7 +101,7 @@ def _examples(case: str, n: int = 24):
     return out
 
 
-@pytest.mark.parametrize("case", ["classify", "pair", "ner", "qa"])
+@pytest.mark.parametrize("case", ["classify", "pair", "multilabel", "ner", "qa"])
 def test_every_path_reaches_the_same_answers_and_metrics(case):
     task = "classify" if case == "pair" else case
     tok, labels = tiny_tokenizer(), LABELS[task]
@@ -105,7 +110,9 @@ def test_every_path_reaches_the_same_answers_and_metrics(case):
     pairs, gold = inputs_and_gold(task, examples)
 
     # 1. Runtime, as predict / serve run it (inputs as users send them)
-    manifest = {"task": task, "labels": labels, "max_length": MAX_LENGTH, "outputs": TASK_OUTPUTS[task]}
+    options = {"thresholds": THRESHOLDS} if task == "multilabel" else None
+    manifest = {"task": task, "labels": labels, "max_length": MAX_LENGTH, "outputs": TASK_OUTPUTS[task],
+                **(options or {})}
     encoder = TextEncoder(tok, task, MAX_LENGTH)
     rt = Runtime.from_parts(manifest, encoder, fake, max_batch_tokens=4 * MAX_LENGTH, max_batch_size=4)
     items = [{"question": a, "context": b} if task == "qa" else ({"text": a, "text_pair": b} if b else a)
@@ -117,15 +124,15 @@ def test_every_path_reaches_the_same_answers_and_metrics(case):
 
     # 2. checkpoint evaluation (PyTorch calling convention, its own batch size)
     ckpt_answers, ckpt_encs, ckpt_gold = predict_examples(TorchFake(fake, encoder.pad_id), tok, examples, task,
-                                                          labels, MAX_LENGTH, batch_size=7)
+                                                          labels, MAX_LENGTH, batch_size=7, options=options)
     assert ckpt_answers == runtime_answers and ckpt_gold == gold
 
     # 3. the export gate (rows in file order, padded to the longest of each batch of 5)
     gate_examples = [evaldata.Example(words=e.tokens, tags=e.tags) if task == "ner" else
-                     evaldata.Example(text=a, text_pair=b, label=g if task == "classify" else None,
+                     evaldata.Example(text=a, text_pair=b, label=g if task in ("classify", "multilabel") else None,
                                       answers=g if task == "qa" else None)
                      for e, (a, b), g in zip(examples, pairs, gold)]
-    batches = evaldata.encode(gate_examples, tok, task, MAX_LENGTH, 5, encoder.pad_id, labels)
+    batches = evaldata.encode(gate_examples, tok, task, MAX_LENGTH, 5, encoder.pad_id, labels, options=options)
     outs = [fake.run(b.feeds) for b in batches]
     kept, gate_answers = parity.answers(task, outs, batches)
     assert kept == list(range(len(examples))) and gate_answers == runtime_answers

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, InputError
+from ..tasks import LABELLED_TASKS, SEQUENCE_TASKS
 from ..tasks.encode import IGNORE_INDEX, TextEncoder, join_words, pad_to
 
-TASK_FORMATS = {"classify": "JSONL, CSV or TSV", "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON"}
+TASK_FORMATS = {"classify": "JSONL, CSV or TSV", "multilabel": 'JSONL with "text" and a "labels" list',
+                "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON"}
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ClassifyExample:
     text: str
     text_pair: str | None = None
     label: str | None = None
+    labels: list[str] | None = None  # multilabel: every label that applies (possibly none)
 
 
 @dataclass
@@ -59,7 +62,7 @@ def read_task(path, task: str, require_labels: bool = True) -> list:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path} is empty; a {task} file needs at least one example ({TASK_FORMATS[task]})")
-    reader = {"classify": _read_classify, "ner": _read_ner, "qa": _read_squad}[task]
+    reader = {"classify": _read_classify, "multilabel": _read_multilabel, "ner": _read_ner, "qa": _read_squad}[task]
     examples = reader(path, text, require_labels)
     if not examples:
         raise DataError(f"{path} holds no {task} examples; expected {TASK_FORMATS[task]}")
@@ -108,6 +111,25 @@ def _read_classify(path: Path, text: str, require_labels: bool) -> list[Classify
                                    str(label) if label not in (None, "") else None))
     pairs = {e.text_pair is not None for e in out}
     if len(pairs) > 1:
+        raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
+                        "(sentence-pair task) or none")
+    return out
+
+
+def _read_multilabel(path: Path, text: str, require_labels: bool) -> list[ClassifyExample]:
+    out = []
+    for n, row in _json_lines(path, text):
+        labels, pair = row.get("labels"), row.get("text_pair")
+        if not isinstance(row.get("text"), str) or not row["text"]:
+            raise DataError(f"{path}:{n}: missing text; every multilabel example needs text and a labels list")
+        if labels is None and require_labels:
+            raise DataError(f'{path}:{n}: missing "labels"; give the list of labels that apply (or [] for none)')
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)):
+            raise DataError(f'{path}:{n}: "labels" must be a list of label names, got {labels!r}')
+        if labels is not None and len(set(labels)) != len(labels):
+            raise DataError(f"{path}:{n}: a label occurs twice in {labels}; list each label once")
+        out.append(ClassifyExample(row["text"], str(pair) if pair not in (None, "") else None, labels=labels))
+    if len({e.text_pair is not None for e in out}) > 1:
         raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
                         "(sentence-pair task) or none")
     return out
@@ -215,6 +237,12 @@ def _check_answer(path: Path, qid, context: str, ans) -> tuple[str, int]:
 # ------------------------------------------------------------------------------------------------------ labels
 def infer_labels(task: str, examples: list) -> list[str]:
     """Label names from training data: sorted class names (classify) or O then B-/I- of every type (ner)."""
+    if task == "multilabel":
+        labels = sorted({x for e in examples for x in e.labels or []})
+        if len(labels) < 2:
+            raise DataError(f"the training data uses {len(labels)} label(s) {labels}; multi-label classification "
+                            "needs at least 2")
+        return labels
     if task == "classify":
         labels = sorted({e.label for e in examples if e.label is not None})
         if len(labels) < 2:
@@ -230,9 +258,11 @@ def infer_labels(task: str, examples: list) -> list[str]:
 
 def check_labels(task: str, examples: list, labels: list[str], source) -> None:
     """Every label in ``examples`` must be one the model knows (e.g. eval labels must occur in training)."""
-    if task not in ("classify", "ner"):
+    if task not in LABELLED_TASKS:
         return
-    seen = {e.label for e in examples} if task == "classify" else {t for e in examples for t in (e.tags or [])}
+    seen = ({e.label for e in examples} if task == "classify" else
+            {x for e in examples for x in e.labels or []} if task == "multilabel" else
+            {t for e in examples for t in (e.tags or [])})
     unknown = sorted(seen - set(labels) - {None})
     if unknown:
         raise DataError(f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training data "
@@ -244,8 +274,8 @@ def inputs_and_gold(task: str, examples: list) -> tuple[list[tuple[str, str | No
     """What the runtime is given for ``examples`` ((text, pair), (text, None) or (question, context)) and the gold
     answers ``bertrt.tasks.metrics.report`` scores against (None when any example is unlabelled). NER sentences
     become their words joined by single spaces, with one tag per word of that text (``join_words``)."""
-    if task == "classify":
-        gold = [e.label for e in examples]
+    if task in SEQUENCE_TASKS:
+        gold = [e.label if task == "classify" else e.labels for e in examples]
         return [(e.text, e.text_pair) for e in examples], None if None in gold else gold
     if task == "ner":
         joined = [join_words(e.tokens, e.tags) for e in examples]
@@ -262,14 +292,22 @@ def _encoder(tok, task: str, max_length: int, doc_stride: int | None = None) -> 
         raise DataError(str(e)) from None
 
 
-def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max_length: int) -> list[dict]:
-    """One feature per example, truncated to ``max_length`` exactly as the runtime truncates."""
+def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max_length: int,
+                    multilabel: bool = False) -> list[dict]:
+    """One feature per example, truncated to ``max_length`` exactly as the runtime truncates. ``labels`` is the
+    class id, or with ``multilabel`` a 0/1 ``targets`` vector over ``labels``."""
     index = {l: i for i, l in enumerate(labels)}
     pairs, _ = inputs_and_gold("classify", examples)
     encs = _encoder(tok, "classify", max_length).encode(pairs)
-    return [{"input_ids": enc.windows[0].ids, "token_type_ids": enc.windows[0].type_ids,
-             "labels": index[e.label] if e.label is not None else IGNORE_INDEX}
-            for e, enc in zip(examples, encs)]
+    out = []
+    for e, enc in zip(examples, encs):
+        f = {"input_ids": enc.windows[0].ids, "token_type_ids": enc.windows[0].type_ids}
+        if multilabel:
+            f["targets"] = [float(name in (e.labels or [])) for name in labels]
+        else:
+            f["labels"] = index[e.label] if e.label is not None else IGNORE_INDEX
+        out.append(f)
+    return out
 
 
 def encode_ner(examples: list[NerExample], tok, labels: list[str], max_length: int,
@@ -313,7 +351,7 @@ def encode_qa(examples: list[QaExample], tok, max_length: int, doc_stride: int |
     return out
 
 
-TENSOR_KEYS = ("input_ids", "token_type_ids", "labels", "start_positions", "end_positions")
+TENSOR_KEYS = ("input_ids", "token_type_ids", "labels", "targets", "start_positions", "end_positions")
 
 
 def collate(features: list[dict], pad_id: int = 0) -> dict:
@@ -326,7 +364,9 @@ def collate(features: list[dict], pad_id: int = 0) -> dict:
         if key not in features[0]:
             continue
         values = [f[key] for f in features]
-        if isinstance(values[0], list):
+        if key == "targets":  # multilabel: one 0/1 per label, the same length in every row
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        elif isinstance(values[0], list):
             pad = pad_id if key == "input_ids" else (IGNORE_INDEX if key == "labels" else 0)
             batch[key] = torch.from_numpy(pad_to(values, T, pad))
         else:

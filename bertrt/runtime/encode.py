@@ -6,6 +6,7 @@ Tokenization, windows and padding are ``bertrt.tasks.encode``'s, shared with tra
 from __future__ import annotations
 
 from ..errors import InputError
+from ..tasks import SEQUENCE_TASKS
 
 
 def parse_input(item, task: str) -> tuple[str, str | None]:
@@ -28,15 +29,15 @@ def parse_input(item, task: str) -> tuple[str, str | None]:
         return item, None
     if isinstance(item, dict):
         text, pair = item.get("text"), item.get("text_pair")
-    elif isinstance(item, (tuple, list)) and len(item) == 2 and task == "classify":
+    elif isinstance(item, (tuple, list)) and len(item) == 2 and task in SEQUENCE_TASKS:
         text, pair = item
     else:
         raise InputError(f'a {task} input is a string or {{"text": ...}}' +
-                         (' with an optional "text_pair"' if task == "classify" else ""))
+                         (' with an optional "text_pair"' if task in SEQUENCE_TASKS else ""))
     _check_str(text, "text")
     if pair is not None:
-        if task != "classify":
-            raise InputError(f'"text_pair" is only for classify artifacts, not {task}')
+        if task not in SEQUENCE_TASKS:
+            raise InputError(f'"text_pair" is only for classify and multilabel artifacts, not {task}')
         _check_str(pair, "text_pair")
     return text, pair
 

@@ -18,7 +18,7 @@ def input_schema(task: str, max_chars: int) -> dict:
         return {"type": "object", "required": ["question", "context"], "additionalProperties": False,
                 "properties": {"question": s, "context": s}}
     props = {"text": s}
-    if task == "classify":
+    if task in ("classify", "multilabel"):
         props["text_pair"] = s
     return {"oneOf": [s, {"type": "object", "required": ["text"], "additionalProperties": False,
                           "properties": props}]}
@@ -29,6 +29,9 @@ def output_schema(task: str) -> dict:
     truncated = {"type": "boolean", "description": "present (true) when the input was cut to the max length"}
     if task == "classify":
         props = {"label": {"type": "string"}, "score": num,
+                 "scores": {"type": "object", "additionalProperties": num}}
+    elif task == "multilabel":
+        props = {"labels": {"type": "array", "items": {"type": "string"}},
                  "scores": {"type": "object", "additionalProperties": num}}
     elif task == "ner":
         entity = {"type": "object", "required": ["type", "start", "end", "text", "score"], "properties": {

@@ -11,7 +11,8 @@ from pathlib import Path
 from ..artifact import INPUT_NAMES, TASK_OUTPUTS, load_manifest
 from ..errors import ArtifactError, InputError
 from ..tasks.encode import Encoded, TextEncoder
-from ..tasks.predict import predict
+from ..tasks import LABELLED_TASKS
+from ..tasks.predict import decode_options, predict
 from .encode import parse_input
 from .session import Session
 
@@ -61,7 +62,7 @@ class Runtime:
         missing = [n for n in TASK_OUTPUTS[self.task] if n not in manifest["outputs"]]
         if missing:
             raise ArtifactError(f"{where}: a {self.task} artifact needs outputs {missing}; re-export it")
-        if self.task in ("classify", "ner") and len(self.labels) < 2:
+        if self.task in LABELLED_TASKS and len(self.labels) < 2:
             raise ArtifactError(f"{where}: a {self.task} artifact needs label names in its manifest; re-export it")
 
     @property
@@ -77,7 +78,7 @@ class Runtime:
         """Answers for encoded inputs, in order: their rows (windows) grouped into length buckets within
         ``max_batch_tokens`` and ``max_batch_size``, padded, run and decoded. The batcher calls this."""
         return predict(self.task, encs, self.session.run, self.labels, self.encoder.pad_id, self.max_length,
-                       self.max_batch_tokens, self.max_batch_size, bool(self.manifest.get("normalize")))
+                       self.max_batch_tokens, self.max_batch_size, decode_options(self.manifest))
 
     infer = run_batch
 

@@ -87,7 +87,8 @@ def validate_request(payload, task: str, max_items: int, max_chars: int) -> list
     if len(inputs) > max_items:
         raise _Refused(413, f"{len(inputs)} inputs in one request; the limit is {max_items} (split the request)",
                        "too_many_inputs")
-    allowed = {"qa": {"question", "context"}, "classify": {"text", "text_pair"}}.get(task, {"text"})
+    allowed = {"qa": {"question", "context"}, "classify": {"text", "text_pair"},
+               "multilabel": {"text", "text_pair"}}.get(task, {"text"})
     for i, item in enumerate(inputs):
         if isinstance(item, dict):
             unknown = sorted(set(item) - allowed)

@@ -4,3 +4,6 @@
 Torch-free (numpy and ``tokenizers`` only). Training, checkpoint evaluation, the export gates, bench and the
 runtime all call these functions, so for the same logits they reach the same decisions and the same metrics.
 """
+
+LABELLED_TASKS = ("classify", "ner", "multilabel")  # tasks whose outputs are named by label names
+SEQUENCE_TASKS = ("classify", "multilabel")  # one output per input, from the pooled [CLS] vector

@@ -1,9 +1,10 @@
 """Model outputs -> the answers ``predict`` returns, one function per task; and the decisions they make.
 
-classify {"label", "score", "scores"}; ner {"entities": [{"type", "start", "end", "text", "score"}]} with character
+classify {"label", "score", "scores"}; multilabel {"labels", "scores"}; ner {"entities": [{"type", "start", "end", "text", "score"}]} with character
 offsets into the input; qa {"answer", "start", "end", "score"} with offsets into the context; embed {"embedding"}.
 Each adds "truncated": true when its input was cut to the artifact's max length. ``rows`` are the outputs of one
-input's windows, each cut to its window's length.
+input's windows, each cut to its window's length. ``options``: the artifact's decoding settings, ``normalize``
+(embed) and ``thresholds`` (multilabel, one per label; 0.5 when absent).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def classify(rows: list[dict], enc: Encoded, labels: list[str]) -> dict:
     p = np.mean([softmax(r["logits"]) for r in rows], axis=0)  # (L,)
     best = int(p.argmax())
     return _finish({"label": labels[best], "score": float(p[best]),
+                    "scores": {name: float(v) for name, v in zip(labels, p)}}, enc)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def multilabel(rows: list[dict], enc: Encoded, labels: list[str], thresholds: list[float] | None = None) -> dict:
+    """Every label whose sigmoid probability reaches its threshold, in label order; windows average probabilities."""
+    p = np.mean([sigmoid(r["logits"]) for r in rows], axis=0)  # (L,)
+    cut = thresholds if thresholds is not None else [0.5] * len(labels)
+    return _finish({"labels": [name for name, v, t in zip(labels, p, cut) if v >= t],
                     "scores": {name: float(v) for name, v in zip(labels, p)}}, enc)
 
 
@@ -176,20 +189,26 @@ def qa(rows: list[dict], enc: Encoded, max_answer_tokens: int = MAX_ANSWER_TOKEN
 
 
 # ------------------------------------------------------------------------------------------------------ any task
-def decode(task: str, rows: list[dict], enc: Encoded, labels: list[str], normalize: bool = False) -> dict:
+def decode(task: str, rows: list[dict], enc: Encoded, labels: list[str], options: dict | None = None) -> dict:
+    options = options or {}
     if task == "classify":
         return classify(rows, enc, labels)
+    if task == "multilabel":
+        return multilabel(rows, enc, labels, options.get("thresholds"))
     if task == "ner":
         return ner(rows, enc, labels)
     if task == "qa":
         return qa(rows, enc)
-    return embed(rows, enc, normalize)
+    return embed(rows, enc, bool(options.get("normalize")))
 
 
 def decisions(task: str, output: dict, enc: Encoded) -> list:
-    """What an answer decides, as comparable units: the label; each word's tag; the answer's character span."""
+    """What an answer decides, as comparable units: the label; whether each label applies; each word's tag; the
+    answer's character span."""
     if task == "classify":
         return [output["label"]]
+    if task == "multilabel":
+        return [name in output["labels"] for name in output["scores"]]
     if task == "ner":
         return word_tags(enc.spans, output["entities"])
     if task == "qa":

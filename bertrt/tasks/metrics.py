@@ -49,6 +49,46 @@ def classification_report(y_true: list[int], y_pred: list[int], labels: list[str
             "confusion_matrix": confusion}
 
 
+# ------------------------------------------------------------------------------------------------- multi-label
+def multilabel_report(gold: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict:
+    """Per-label precision/recall/F1/support and their micro and macro averages; ``f1`` is the micro F1."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold label sets but {len(pred)} predictions")
+    per_label, TP, FP, FN = {}, 0, 0, 0
+    for name in labels:
+        tp = sum(name in g and name in p for g, p in zip(gold, pred))
+        fp = sum(name not in g and name in p for g, p in zip(gold, pred))
+        fn = sum(name in g and name not in p for g, p in zip(gold, pred))
+        per_label[name] = {**_prf(tp, fp, fn), "support": tp + fn}
+        TP, FP, FN = TP + tp, FP + fp, FN + fn
+    exact = sum(set(g) == set(p) for g, p in zip(gold, pred))
+    return {"task": "multilabel", "count": len(gold), "labels": list(labels), "per_class": per_label,
+            **_averages(per_label, TP, FP, FN), "f1": _prf(TP, FP, FN)["f1"],
+            "exact_match": exact / len(gold) if gold else 0.0}
+
+
+THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 ... 0.95
+
+
+def tune_thresholds(scores: list[dict], gold: list[list[str]], labels: list[str]) -> list[float]:
+    """Per label, the probability threshold in ``THRESHOLD_GRID`` of best F1 on held-out data (ties: the one
+    nearest 0.5; 0.5 for a label the data never shows). ``scores``: each example's {label: probability}."""
+    out = []
+    for name in labels:
+        truth = [name in g for g in gold]
+        if not any(truth):
+            out.append(0.5)
+            continue
+        best = max(THRESHOLD_GRID, key=lambda t: (_label_f1(truth, [s[name] >= t for s in scores]), -abs(t - 0.5)))
+        out.append(best)
+    return out
+
+
+def _label_f1(truth: list[bool], pred: list[bool]) -> float:
+    tp = sum(t and p for t, p in zip(truth, pred))
+    return _prf(tp, sum(p and not t for t, p in zip(truth, pred)), sum(t and not p for t, p in zip(truth, pred)))["f1"]
+
+
 # --------------------------------------------------------------------------------------------------------- NER
 def entities(tags: list[str]) -> set[tuple[str, int, int]]:
     """Entity spans ``(type, first, last)`` (inclusive word indices) from BIO / IOB2 / BIES tags (``entity_spans``)."""
@@ -120,18 +160,20 @@ def main_metric(report: dict) -> tuple[str, float]:
     """The number early stopping and best-checkpoint selection maximise, per task."""
     if report["task"] == "classify":
         return "accuracy", report["accuracy"]
-    return "f1", report["f1"]  # ner: entity F1; qa: SQuAD F1
+    return "f1", report["f1"]  # multilabel: micro F1; ner: entity F1; qa: SQuAD F1
 
 
 def report(task: str, outputs: list[dict], gold: list, labels: list[str], encs: list | None = None) -> dict:
     """The task's report for answers ``outputs`` (as ``predict`` returns them) against ``gold``: classify label
-    names; ner BIO tags of each input's words (``encs[i].spans``, the words ``predict`` decided); qa the list of
+    names; multilabel the list of labels that apply; ner BIO tags of each input's words (``encs[i].spans``, the words ``predict`` decided); qa the list of
     acceptable answers per question."""
     if len(outputs) != len(gold):
         raise ValueError(f"{len(gold)} gold answers but {len(outputs)} predictions")
     if task == "classify":
         index = {name: i for i, name in enumerate(labels)}
         return classification_report([index[g] for g in gold], [index[o["label"]] for o in outputs], labels)
+    if task == "multilabel":
+        return multilabel_report(gold, [o["labels"] for o in outputs], labels)
     if task == "ner":
         return ner_report(gold, [word_tags(e.spans, o["entities"]) for o, e in zip(outputs, encs)])
     ids = [str(i) for i in range(len(gold))]

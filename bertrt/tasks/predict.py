@@ -51,10 +51,10 @@ def feeds_of(encs: list[Encoded], rows: list[tuple[int, int]], pad_id: int, leng
 
 
 def decode_batches(task: str, encs: list[Encoded], batches: list[tuple[list[tuple[int, int]], dict]],
-                   outputs: list[dict], labels: list[str], normalize: bool = False) -> list[dict | None]:
+                   outputs: list[dict], labels: list[str], options: dict | None = None) -> list[dict | None]:
     """Answers for ``encs`` from each batch's outputs (dicts of arrays with one row per batch row); None for an
     input some of whose windows are in none of ``batches``."""
-    return [None if rows is None else decode(task, rows, e, labels, normalize)
+    return [None if rows is None else decode(task, rows, e, labels, options)
             for rows, e in zip(outputs_by_input(task, encs, batches, outputs), encs)]
 
 
@@ -73,7 +73,13 @@ def outputs_by_input(task: str, encs: list[Encoded], batches: list[tuple[list[tu
 
 def predict(task: str, encs: list[Encoded], forward: Callable[[dict], dict], labels: list[str], pad_id: int,
             max_length: int, max_batch_tokens: int = 16384, max_batch_size: int = 64,
-            normalize: bool = False) -> list[dict]:
-    """Answers for ``encs``, in order; ``forward(feeds) -> {output name: (B, ...) array}``."""
+            options: dict | None = None) -> list[dict]:
+    """Answers for ``encs``, in order; ``forward(feeds) -> {output name: (B, ...) array}``; ``options`` as
+    ``decode`` takes them (``decode_options`` of a manifest)."""
     batches = bucketed(encs, pad_id, max_length, max_batch_tokens, max_batch_size)
-    return decode_batches(task, encs, batches, [forward(f) for _, f in batches], labels, normalize)
+    return decode_batches(task, encs, batches, [forward(f) for _, f in batches], labels, options)
+
+
+def decode_options(settings: dict) -> dict:
+    """The decoding settings of an artifact manifest or a fine-tuning record (finetune.json)."""
+    return {"normalize": bool(settings.get("normalize")), "thresholds": settings.get("thresholds")}

@@ -17,7 +17,8 @@ import torch
 from ..data import tasks as T
 from ..tasks import metrics as M
 from ..tasks.encode import TextEncoder
-from ..tasks.predict import predict
+from ..checkpoint import finetune_record
+from ..tasks.predict import decode_options, predict
 
 
 def torch_forward(model):
@@ -35,7 +36,8 @@ def torch_forward(model):
 
 
 def predict_examples(model, tokenizer, examples: list, task: str, labels: list[str], max_length: int = 128,
-                     doc_stride: int | None = None, batch_size: int = 64, progress: bool = False, long: str = "truncate"):
+                     doc_stride: int | None = None, batch_size: int = 64, progress: bool = False, long: str = "truncate",
+                     options: dict | None = None):
     """(answers as the runtime returns them, encoded inputs, gold) for ``examples``: encoded, windowed, batched
     and decoded by ``bertrt.tasks``, exactly as an artifact of this model would be, only the forward in PyTorch."""
     from tqdm.auto import tqdm
@@ -47,7 +49,7 @@ def predict_examples(model, tokenizer, examples: list, task: str, labels: list[s
     step = 256  # inputs per call: bounds memory, drives the progress bar
     for s in tqdm(range(0, len(encs), step), desc="predict", unit="chunk", disable=not progress, leave=False):
         answers += predict(task, encs[s:s + step], forward, labels, _pad_id(tokenizer, model), max_length,
-                           batch_size * max_length, batch_size)
+                           batch_size * max_length, batch_size, options)
     return answers, encs, gold
 
 
@@ -58,10 +60,11 @@ def _pad_id(tokenizer, model) -> int:
 
 def evaluate(model, tokenizer, examples: list, task: str, labels: list[str], max_length: int = 128,
              doc_stride: int | None = None, batch_size: int = 64, progress: bool = False,
-             long: str = "truncate") -> dict:
-    """The task's report for ``model`` on labelled ``examples`` (``bertrt.tasks.metrics.report``)."""
+             long: str = "truncate", options: dict | None = None) -> dict:
+    """The task's report for ``model`` on labelled ``examples`` (``bertrt.tasks.metrics.report``); ``options``:
+    decoding settings (``bertrt.tasks.predict.decode_options``, e.g. multilabel thresholds)."""
     answers, encs, gold = predict_examples(model, tokenizer, examples, task, labels, max_length, doc_stride,
-                                           batch_size, progress, long)
+                                           batch_size, progress, long, options)
     return M.report(task, answers, gold, labels, encs)
 
 
@@ -86,16 +89,9 @@ def evaluate_dir(model_dir, data, max_length: int | None = None, doc_stride: int
     cfg = model.config
     examples = T.read_task(data, cfg.task)
     T.check_labels(cfg.task, examples, cfg.labels, data)
-    trained = _trained(model_dir)
+    trained = finetune_record(model_dir)
     max_length = min(max_length or trained.get("max_length") or 512, cfg.max_position_embeddings)
     doc_stride = doc_stride if doc_stride is not None else trained.get("doc_stride")
-    report = evaluate(model, tok, examples, cfg.task, cfg.labels, max_length, doc_stride, batch_size, progress, long)
+    report = evaluate(model, tok, examples, cfg.task, cfg.labels, max_length, doc_stride, batch_size, progress, long,
+                      decode_options(trained))
     return {"model": str(model_dir), "data": str(data), "max_length": max_length, **report}
-
-
-def _trained(model_dir) -> dict:
-    """The fine-tuning settings recorded in the checkpoint (finetune.json), or {}."""
-    info = Path(model_dir) / "finetune.json"
-    if info.is_file():
-        return json.loads(info.read_text()).get("config", {})
-    return {}

@@ -27,6 +27,7 @@ import torch
 
 from ..data import tasks as T
 from ..errors import BertrtError, PeftError
+from ..tasks import LABELLED_TASKS
 from .peft import PeftConfig
 
 DEFAULT_LR = {None: 5e-5, "lora": 5e-4, "adalora": 1e-3, "adapter": 5e-4, "prefix": 1e-2}
@@ -69,8 +70,8 @@ class FinetuneConfig:
             raise BertrtError(f"--task must be one of {', '.join(T.TASK_FORMATS)}, not {self.task!r}")
         if self.adversarial not in (None, "fgm"):
             raise BertrtError(f"--adversarial supports 'fgm', not {self.adversarial!r}")
-        if self.class_weights and self.task == "qa":
-            raise BertrtError("--class-weights applies to classify and ner; QA spans have no classes")
+        if self.class_weights and self.task not in ("classify", "ner"):
+            raise BertrtError(f"--class-weights applies to classify and ner, not {self.task}")
         if self.merge and self.peft is None:
             raise PeftError("--merge folds a PEFT adapter into the weights; it needs --peft lora or adalora")
         if self.merge and self.peft.method not in ("lora", "adalora"):
@@ -131,7 +132,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     torch.manual_seed(config.seed)
     model = load_checkpoint(from_path, task=task, labels=labels or None, init_missing_head=True)
     if src_cfg.task == task and src_cfg.labels != labels:  # same head shape, other classes: start it afresh
-        head = model.classifier if task in ("classify", "ner") else model.qa_outputs
+        head = model.classifier if task in LABELLED_TASKS else model.qa_outputs
         model._init_weights(head)
         model.fresh_weights = sorted(set(model.fresh_weights) | {n for n, _ in model.named_parameters()
                                                                   if n.startswith(("classifier.", "qa_outputs."))})
@@ -139,6 +140,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         _set_dropout(model, config.dropout)
 
     encode = {"classify": lambda ex: T.encode_classify(ex, tok, labels, max_length),
+              "multilabel": lambda ex: T.encode_classify(ex, tok, labels, max_length, multilabel=True),
               "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
               "qa": lambda ex: T.encode_qa(ex, tok, max_length, config.doc_stride)}[task]
     train_feats = encode(train_ex)
@@ -212,6 +214,13 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
                 params[n].copy_(v)
     model.eval().cpu()
 
+    thresholds = None
+    if task == "multilabel":  # per-label decision thresholds, tuned on the eval data (0.5 without it)
+        thresholds = _tune_thresholds(model, tok, eval_ex, labels, max_length)
+        if eval_ex is not None:
+            best["report"] = evaluate(model, tok, eval_ex, task, labels, max_length,
+                                      options={"thresholds": thresholds})
+
     # ---- 4. write OUT atomically, the run folder inside
     info = {"task": task, "labels": labels, "from": str(from_path.resolve()), "config": config.to_dict(),
             "method": config.peft.method if config.peft else "full", "merged": config.merge,
@@ -219,6 +228,8 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
             "evals": evals, "best": best["report"]}
     info["config"]["max_length"] = max_length
     info["config"]["batch_size"] = batch_size
+    if thresholds is not None:
+        info["thresholds"] = thresholds
     with atomic_dir(out, force=True) as tmp:
         if peft is None:
             write_checkpoint_files(model, tmp, tok)
@@ -230,6 +241,16 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         if run_dir.exists():
             os.rename(run_dir, tmp / "run")
     return FinetuneResult(out, labels, trainable, total, steps or 0, evals, best["report"], stopped)
+
+
+def _tune_thresholds(model, tok, eval_ex, labels: list[str], max_length: int) -> list[float]:
+    from ..tasks.metrics import tune_thresholds
+    from .evaluate import predict_examples
+
+    if eval_ex is None:
+        return [0.5] * len(labels)
+    answers, _, gold = predict_examples(model, tok, eval_ex, "multilabel", labels, max_length)
+    return tune_thresholds([a["scores"] for a in answers], gold, labels)
 
 
 def _device(name: str) -> torch.device:
