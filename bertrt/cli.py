@@ -301,10 +301,12 @@ def _parse_ints(text: str, name: str) -> list[int]:
 
 @app.command("bench")
 def bench_command(
-    artifacts: Optional[list[Path]] = typer.Argument(None, help="Classify artifacts to check and time (from bertrt "
-                                                     "export). Omit them to time only the peers of --reference."),
-    data: list[Path] = typer.Option(..., "--data", help="Labelled classify data (JSONL/CSV/TSV: text, label); "
-                                    "repeat for several workloads (e.g. long articles and short headlines)."),
+    artifacts: Optional[list[Path]] = typer.Argument(None, help="Artifacts of one task to check and time (from "
+                                                     "bertrt export). Omit them to time only the peers of "
+                                                     "--reference (classify)."),
+    data: list[Path] = typer.Option(..., "--data", help="Labelled data of the artifacts' task, in the format "
+                                    "finetune reads (embed: classify data or one text per line); repeat for several "
+                                    "workloads (e.g. long articles and short headlines)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for bench.json, bench.md and the PNG plots "
                                 "(written atomically)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="The fine-tuned checkpoint the artifacts "
@@ -325,12 +327,13 @@ def bench_command(
                                         "looks; the gate then checks fewer decisions)."),
     peers: str = typer.Option("all", help="Peers to run with --reference: all, none, or a comma list of "
                               "torch-fp32, torch-bf16, torch-int8, ort-fp32, ort-int8."),
-    max_drop: Optional[float] = typer.Option(None, help="Accuracy points an artifact may lose against the "
+    max_drop: Optional[float] = typer.Option(None, help="Points of its task metric (accuracy, micro F1, relation "
+                                             "F1, entity F1, SQuAD F1) an artifact may lose against the "
                                              "reference before it is refused. Default: the artifact's own export "
                                              "setting (0.5)."),
     min_agreement: Optional[float] = typer.Option(None, help="Decision agreement (0-1) a quantized artifact needs. "
                                                   "Default: its export setting (0.99). fp32 always needs 1.0; "
-                                                  "pruned models are judged by accuracy alone."),
+                                                  "pruned models are judged by their metric alone."),
     skip_refused: bool = typer.Option(False, "--skip-refused", help="Report refused artifacts as rows and time the "
                                       "rest, instead of stopping with an error."),
     same_process: bool = typer.Option(False, "--same-process", help="Load every variant into this process instead "
@@ -338,7 +341,8 @@ def bench_command(
                                       "numbers then depend on which libraries share the process)."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ):
-    """Check every artifact against the reference (decision agreement, accuracy), then time it beside the peers:
+    """Check every artifact against the reference (decision agreement, its task metric; embeddings by cosine), then
+    time it beside the peers (classify):
     batch-1 latency p50/p90/p99, throughput per batch size, tokenization, peak memory, size."""
     from .bench.run import BenchConfig, run_bench
 

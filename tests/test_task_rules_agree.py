@@ -147,9 +147,7 @@ def test_every_path_reaches_the_same_answers_and_metrics(case):
         [decisions(task, a, e) for a, e in zip(runtime_answers, encs)]
     assert 0.0 < value < 1.0, (name, value)  # a fake model: neither all right nor all wrong, so equality means much
 
-    # 4. the bench gate (classify workloads): the runtime's labels against the reference's, scored by the same rule
-    if task == "classify":
-        preds = [a["label"] for a in runtime_answers]
-        result = G.check(preds, [a["label"] for a in ckpt_answers], gold, G.Gate(1.0, 0.5))
-        assert result["gate"]["passed"] and result["agreement"] == 100.0
-        assert result["accuracy"] == pytest.approx(100 * report["accuracy"], abs=1e-3)  # rounded for people
+    # 4. the bench gate: the artifact's answers against the reference's, scored by its own metric
+    result = G.check(runtime_answers, ckpt_answers, G.Workload("w", task, items, gold), G.Gate(1.0, 0.5), encs)
+    assert result["gate"]["passed"] and result["agreement"] == 1.0 and result["drop"] == 0.0
+    assert result["score"] == round(value, 6) and result["metric"] == G.METRICS[task]
