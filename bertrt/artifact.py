@@ -24,6 +24,7 @@ REQUIRED_KEYS = ("format_version", "task", "labels", "max_length", "inputs", "ou
 TASK_OUTPUTS = {  # ONNX output names per task, in order
     "classify": ["logits"],
     "multilabel": ["logits"],
+    "relation": ["logits"],
     "ner": ["logits"],
     "qa": ["start_logits", "end_logits"],
     "embed": ["embedding"],

@@ -30,7 +30,7 @@ ARCHITECTURE_TASKS = {
     "BertForTokenClassification": "ner",
     "BertForQuestionAnswering": "qa",
 }
-TASK_ARCHITECTURES = {v: k for k, v in ARCHITECTURE_TASKS.items()} | {"embed": "BertModel",
+TASK_ARCHITECTURES = {v: k for k, v in ARCHITECTURE_TASKS.items()} | {"embed": "BertModel", "relation": "BertModel",
                                                                      "multilabel": "BertForSequenceClassification"}
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.")
 IGNORED_HF_KEYS = re.compile(r"(position_ids|cls\.predictions\.decoder\.(weight|bias))$")
@@ -97,6 +97,7 @@ def read_config(path: Path) -> tuple[BertConfig, dict]:
         labels=labels if task in LABELLED_TASKS else [],
         with_pooler=ours.get("with_pooler", task in ("base", "embed", "pretrain") + SEQUENCE_TASKS),
         pooling=ours.get("pooling", "mean"), normalize=ours.get("normalize", False),
+        markers=ours.get("markers", []),
     )
     return cfg, raw
 
@@ -201,7 +202,7 @@ def hf_config(cfg: BertConfig, tokenizer_fingerprint: str | None = None) -> dict
         "position_embedding_type": "absolute",
         "bertrt": {"task": cfg.task, "labels": cfg.labels, "num_heads": cfg.num_heads, "ffn_sizes": cfg.ffn_sizes,
                    "head_size": cfg.head_size, "with_pooler": cfg.with_pooler, "pooling": cfg.pooling,
-                   "normalize": cfg.normalize, "pruned": not uniform,
+                   "normalize": cfg.normalize, "pruned": not uniform, "markers": cfg.markers,
                    "tokenizer_fingerprint": tokenizer_fingerprint},
     }
     if cfg.task == "multilabel":

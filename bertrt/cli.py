@@ -398,7 +398,8 @@ def predict(
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to predict (classify / ner / embed). Omit them "
                                                 "to read JSONL from --input or stdin."),
     input: Optional[Path] = typer.Option(None, "-i", "--input", help="JSONL file, one input per line: "
-                                         '{"text"} (+ "text_pair" for pairs) or {"question", "context"} for qa. '
+                                         '{"text"} (+ "text_pair" for pairs), {"question", "context"} for qa, '
+                                         '{"text", "head": [start, end], "tail": [start, end]} for relation. '
                                          "Default: stdin when no TEXT is given."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write JSONL results here instead of stdout."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when onnxruntime-gpu can use it. Ask for "
@@ -427,8 +428,9 @@ def predict(
         raise InputError(f"input file not found: {input}")
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
                  max_batch_size=batch_size, long=long.value)
-    if texts and rt.task == "qa":
-        raise InputError('a qa artifact needs {"question", "context"} objects: give them as JSONL with --input')
+    if texts and rt.task in ("qa", "relation"):
+        fields = '{"question", "context"}' if rt.task == "qa" else '{"text", "head", "tail"}'
+        raise InputError(f"a {rt.task} artifact needs {fields} objects: give them as JSONL with --input")
     out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
     try:
         if texts:
@@ -491,6 +493,7 @@ def serve(
 class ExportTask(str, Enum):
     classify = "classify"
     multilabel = "multilabel"
+    relation = "relation"
     ner = "ner"
     qa = "qa"
     embed = "embed"
@@ -666,6 +669,7 @@ def verify(
 class FinetuneTask(str, Enum):
     classify = "classify"
     multilabel = "multilabel"
+    relation = "relation"
     ner = "ner"
     qa = "qa"
 
@@ -691,7 +695,8 @@ def finetune_command(
                                 "atomically; the training run's files go in its run/ subfolder)."),
     task: FinetuneTask = typer.Option(..., "--task", help="classify (single texts or pairs), multilabel (any "
                                       'number of labels per text: JSONL with a "labels" list; per-label thresholds '
-                                      "are tuned on --eval), ner or qa."),
+                                      "are tuned on --eval), relation (JSONL text, head and tail character spans, "
+                                      "label; a no_relation label is left out of its F1), ner or qa."),
     from_: Path = typer.Option(..., "--from", help="Start from this bertrt checkpoint or Hugging Face BERT folder "
                                "(a task head is added fresh when it has none for these labels)."),
     eval_data: Path = typer.Option(None, "--eval", help="Held-out data in the same format: evaluated every "

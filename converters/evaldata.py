@@ -18,7 +18,7 @@ import numpy as np
 
 from bertrt.errors import EvalDataError
 from bertrt.tasks import LABELLED_TASKS, SEQUENCE_TASKS
-from bertrt.tasks.encode import Encoded, TextEncoder, join_words
+from bertrt.tasks.encode import Encoded, TextEncoder, join_words, word_spans
 from bertrt.tasks.predict import in_order
 
 from . import sample
@@ -32,9 +32,12 @@ class Example:
     label: str | list[str] | None = None  # classify gold label; multilabel the labels that apply
     tags: list[str] | None = None  # ner gold tags, one per word
     answers: list[str] | None = None  # qa gold answers
+    spans: tuple | None = None  # relation: (head, tail) character spans of the text
 
     def pair(self) -> tuple[str, str | None]:
         """What the runtime is given: (text, pair), (words joined by spaces, None) or (question, context)."""
+        if self.spans is not None:
+            return self.text, self.spans
         return (join_words(self.words)[0], None) if self.words is not None else (self.text, self.text_pair)
 
     def gold(self):
@@ -66,6 +69,8 @@ def _kind(row) -> str:
         return "unknown"
     if "tokens" in row or "words" in row:
         return "ner"
+    if "head" in row and "tail" in row:
+        return "relation"
     if "question" in row and "context" in row:
         return "qa"
     if "data" in row:
@@ -106,9 +111,9 @@ def read_examples(path: str | None, task: str, labels: list[str], max_samples: i
     if not p.is_file():
         raise EvalDataError(f"evaluation data not found: {p}")
     if p.suffix.lower() == ".txt":
-        if task == "qa":
-            raise EvalDataError(f"{p}: qa evaluation data needs questions and contexts (SQuAD v1.1 JSON), not text "
-                                "lines")
+        if task in ("qa", "relation"):
+            raise EvalDataError(f"{p}: {task} evaluation data needs its structure (SQuAD v1.1 JSON; JSONL with "
+                                "text, head, tail), not text lines")
         lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()][:max_samples]
         if not lines:
             raise EvalDataError(f"{p} holds no text")
@@ -126,6 +131,8 @@ def read_examples(path: str | None, task: str, labels: list[str], max_samples: i
                         label={"classify": r.label, "multilabel": r.labels}.get(task)) for r in rows]
     if want == "ner":
         return [Example(words=list(r.tokens), tags=r.tags) for r in rows]
+    if want == "relation":
+        return [Example(text=r.text, spans=(r.head, r.tail), label=r.label) for r in rows]
     return [Example(text=r.question, text_pair=r.context, answers=[a[0] for a in r.answers] or None) for r in rows]
 
 
@@ -135,6 +142,13 @@ def builtin_examples(task: str) -> list[Example]:
         return [Example(text=q, text_pair=c, answers=[a]) for q, c, a in sample.QA]
     if task == "ner":
         return [Example(words=t.split()) for t in sample.TEXTS]
+    if task == "relation":  # the first and the last word of each text as head and tail
+        out = []
+        for t in sample.TEXTS:
+            spans = word_spans(t)
+            if len(spans) > 1:
+                out.append(Example(text=t, spans=(spans[0], spans[-1])))
+        return out
     if task in SEQUENCE_TASKS:
         pairs = sample.sentence_pairs()
         singles = sample.TEXTS[: len(sample.TEXTS) // 2]

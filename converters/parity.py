@@ -20,7 +20,8 @@ from bertrt.tasks.predict import decode_batches, outputs_by_input
 from .config import ParityConfig
 from .evaldata import Batch
 
-METRIC_NAMES = {"classify": "accuracy", "multilabel": "micro F1", "ner": "entity F1", "qa": "SQuAD F1"}
+METRIC_NAMES = {"classify": "accuracy", "multilabel": "micro F1", "relation": "relation F1", "ner": "entity F1",
+                "qa": "SQuAD F1"}
 
 
 def torch_outputs(model, batches: list[Batch], progress=None) -> list[dict[str, np.ndarray]]:

@@ -111,6 +111,42 @@ def squad(n, seed, long_every=0):
     return json.dumps({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": qas_by_para}]})
 
 
+def train_tiny(d, task, rows, epochs, lr=2e-3):
+    """A fresh tiny base fine-tuned for ``task`` on ``rows(600, 1)`` with ``rows(80, 2)`` held out for evaluation:
+    {"dir", "base", "eval", "result"}."""
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    base = make_base(d / "base")
+    train, ev = write_jsonl(d / "train.jsonl", rows(600, 1)), write_jsonl(d / "eval.jsonl", rows(80, 2))
+    r = finetune(train, d / "ckpt", base, FinetuneConfig(task, max_length=32, lr=lr, epochs=epochs, progress=False),
+                 eval_path=ev)
+    return {"dir": d, "base": base, "eval": ev, "result": r}
+
+
+def export_tiny(trained: dict) -> dict:
+    """Export ``train_tiny``'s checkpoint to its dir/art (fp32, unfused) gated on its eval data; the manifest."""
+    from bertrt.converters.config import OptimizeConfig, ParityConfig
+    from bertrt.converters.pipeline import export_artifact
+
+    pytest.importorskip("onnxruntime")
+    d = trained["dir"]
+    return export_artifact(d / "ckpt", d / "art", optimize=OptimizeConfig(enabled=False),
+                           parity=ParityConfig(eval_path=str(trained["eval"])), log=lambda _: None, progress=False)
+
+
+def refuses_bad_eval_row(d, task, rows, bad, message):
+    """Fine-tuning with one bad row in --eval stops with one DataError matching ``message``, writing nothing."""
+    from bertrt.errors import DataError
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    base = make_base(d / "base")
+    train = write_jsonl(d / "train.jsonl", rows(40, 1))
+    ev = write_jsonl(d / "eval.jsonl", rows(5, 2) + [bad])
+    with pytest.raises(DataError, match=message):
+        finetune(train, d / "out", base, FinetuneConfig(task, max_length=32, progress=False), eval_path=ev)
+    assert not (d / "out").exists()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models on a shared machine: one intra-op thread is several times faster than oversubscribed ones."""

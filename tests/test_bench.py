@@ -17,7 +17,7 @@ from bertrt.bench.run import BenchConfig, run_bench  # noqa: E402
 from bertrt.bench.schema import SCHEMA  # noqa: E402
 from bertrt.errors import BenchGateError, BertrtError, OutputExistsError  # noqa: E402
 
-from .test_export_fixtures import make_checkpoint, tiny_model, tiny_tokenizer  # noqa: E402
+from .test_export_fixtures import make_checkpoint, perturbed_model, tiny_tokenizer  # noqa: E402
 
 QUIET = dict(log=lambda m: None, progress=False)
 FAST = dict(batch_sizes=[1, 4], repeats=1, latency_n=6, progress=False)
@@ -43,13 +43,7 @@ def setup(tmp_path_factory):
     data = root / "news.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold)))
 
-    perturbed = tiny_model("classify", std=0.3)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in perturbed.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=g) * 0.09)
-    bad_ckpt = save_checkpoint(perturbed, root / "ckpt-perturbed", tokenizer=tiny_tokenizer())
+    bad_ckpt = save_checkpoint(perturbed_model("classify"), root / "ckpt-perturbed", tokenizer=tiny_tokenizer())
     good = root / "good"
     export_artifact(ckpt, good, parity=ParityConfig(eval_path=str(data)), **QUIET)
     bad = root / "perturbed"

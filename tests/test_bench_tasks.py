@@ -14,7 +14,7 @@ from bertrt.bench.gate import Workload, read_workload, reference_answers  # noqa
 from bertrt.bench.run import BenchConfig, run_bench  # noqa: E402
 from bertrt.errors import BenchGateError  # noqa: E402
 
-from .test_export_fixtures import make_checkpoint, tiny_model, tiny_tokenizer  # noqa: E402
+from .test_export_fixtures import make_checkpoint, perturbed_model, tiny_model, tiny_tokenizer  # noqa: E402
 
 QUIET = dict(log=lambda m: None, progress=False)
 FAST = dict(batch_sizes=[1, 4], repeats=1, latency_n=4, progress=False, peers=[])
@@ -93,13 +93,7 @@ def test_a_perturbed_ner_artifact_is_refused_by_its_entity_decisions(tmp_path):
 
     ckpt = _checkpoint(tmp_path, "ner")
     data = _data(tmp_path, "ner", ckpt)
-    perturbed = tiny_model("ner", std=0.3)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in perturbed.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=g) * 0.09)
-    bad = save_checkpoint(perturbed, tmp_path / "bad-ckpt", tokenizer=tiny_tokenizer())
+    bad = save_checkpoint(perturbed_model("ner"), tmp_path / "bad-ckpt", tokenizer=tiny_tokenizer())
     export_artifact(bad, tmp_path / "bad", parity=ParityConfig(eval_path=str(data)), **QUIET)
     with pytest.raises(BenchGateError, match="agreement") as e:
         run_bench([tmp_path / "bad"], [data], tmp_path / "out", BenchConfig(**FAST), reference=str(ckpt),

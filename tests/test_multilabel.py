@@ -8,14 +8,13 @@ import random
 import pytest
 
 from bertrt.data.tasks import read_task
-from bertrt.errors import DataError
 from bertrt.tasks.metrics import tune_thresholds
 from bertrt.tokenizer import load_tokenizer
 from bertrt.checkpoint import load_checkpoint
 from bertrt.train.evaluate import evaluate, evaluate_dir
-from bertrt.train.finetune import FinetuneConfig, finetune
 
-from .finetune_fixtures import FILLER, make_base, one_thread, write_jsonl  # noqa: F401  (one_thread: autouse)
+from .finetune_fixtures import (  # noqa: F401  (one_thread: autouse)
+    FILLER, export_tiny, one_thread, refuses_bad_eval_row, train_tiny)
 
 TOPICS = {"food": ["bread", "soup", "rice"], "sport": ["ball", "goal", "team"], "mood": ["good", "great", "fine"]}
 LABELS = sorted(TOPICS)
@@ -36,12 +35,7 @@ def rows(n, seed):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ml")
-    base = make_base(d / "base")
-    train, ev = write_jsonl(d / "train.jsonl", rows(600, 1)), write_jsonl(d / "eval.jsonl", rows(80, 2))
-    r = finetune(train, d / "ckpt", base, FinetuneConfig("multilabel", max_length=32, lr=2e-3, epochs=12,
-                                                         progress=False), eval_path=ev)
-    return {"dir": d, "base": base, "eval": ev, "result": r}
+    return train_tiny(tmp_path_factory.mktemp("multilabel"), "multilabel", rows, epochs=12)
 
 
 def test_a_tiny_model_learns_what_an_untrained_one_misses(trained):
@@ -59,15 +53,11 @@ def test_a_tiny_model_learns_what_an_untrained_one_misses(trained):
 
 
 def test_export_parity_and_the_artifact_reports_what_the_checkpoint_does(trained):
-    from bertrt.converters.config import OptimizeConfig, ParityConfig
-    from bertrt.converters.pipeline import export_artifact
+    m = export_tiny(trained)
     from bertrt.runtime import Runtime
     from bertrt.runtime.evaluate import evaluate_artifact
 
-    pytest.importorskip("onnxruntime")
     d, ev = trained["dir"], trained["eval"]
-    m = export_artifact(d / "ckpt", d / "art", optimize=OptimizeConfig(enabled=False),
-                        parity=ParityConfig(eval_path=str(ev)), log=lambda _: None, progress=False)
     final = m["parity"]["final"]
     assert m["task"] == "multilabel" and m["labels"] == LABELS
     assert m["thresholds"] == json.loads((d / "ckpt" / "finetune.json").read_text())["thresholds"]
@@ -96,10 +86,4 @@ def test_thresholds_are_tuned_per_label():
     ({"text": "alpha bread"}, 'missing "labels"'),
 ])
 def test_bad_eval_data_is_one_clear_error_and_nothing_is_written(tmp_path, bad, message):
-    base = make_base(tmp_path / "base")
-    train = write_jsonl(tmp_path / "train.jsonl", rows(40, 1))
-    ev = write_jsonl(tmp_path / "eval.jsonl", rows(5, 2) + [bad])
-    with pytest.raises(DataError, match=message):
-        finetune(train, tmp_path / "out", base, FinetuneConfig("multilabel", max_length=32, progress=False),
-                 eval_path=ev)
-    assert not (tmp_path / "out").exists()
+    refuses_bad_eval_row(tmp_path, "multilabel", rows, bad, message)

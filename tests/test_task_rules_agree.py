@@ -1,6 +1,6 @@
 """One set of task rules: for the same logits, checkpoint evaluation, the export gate, the bench gate and
 ``Runtime`` reach identical answers, decisions and metrics (classify, sentence pairs, multi-label with per-label
-thresholds, NER, QA over windows).
+thresholds, relation extraction, NER, QA over windows).
 
 The model is a fake with fixed random tables: a row's logits depend only on its own real tokens, so every path
 that feeds it the same rows gets the same numbers, whatever the batching and padding."""
@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from bertrt.artifact import TASK_OUTPUTS  # noqa: E402
 from bertrt.bench import gate as G  # noqa: E402
 from bertrt.converters import evaldata, parity  # noqa: E402
-from bertrt.data.tasks import ClassifyExample, NerExample, QaExample, inputs_and_gold  # noqa: E402
+from bertrt.data.tasks import ClassifyExample, NerExample, QaExample, RelationExample, inputs_and_gold  # noqa: E402
 from bertrt.runtime import Runtime  # noqa: E402
 from bertrt.tasks import metrics as M  # noqa: E402
 from bertrt.tasks.decode import decisions  # noqa: E402
@@ -28,7 +28,9 @@ from .test_export_fixtures import tiny_tokenizer  # noqa: E402
 
 MAX_LENGTH = 32
 THRESHOLDS = [0.4, 0.5, 0.6]  # multilabel: per label, as tuned at fine-tuning and stored in the artifact
-LABELS = {"classify": ["business", "sport", "tech"], "multilabel": ["food", "mood", "sport"], "ner": ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"], "qa": []}
+LABELS = {"classify": ["business", "sport", "tech"], "multilabel": ["food", "mood", "sport"],
+          "relation": ["located_in", "no_relation", "works_for"], "ner": ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"],
+          "qa": []}
 WORDS = ("the meeting is at noon . rain is expected across the north of the country by thursday evening . the "
          "central bank left interest rates unchanged citing slower growth in the second quarter").split()
 
@@ -46,7 +48,7 @@ class FakeModel:
     def run(self, feeds: dict) -> dict:
         ids, mask = feeds["input_ids"], feeds["attention_mask"].astype(np.float32)  # (B, T)
         per_token = self.table[ids] * mask[..., None]  # (B, T, L)
-        if self.task in ("classify", "multilabel"):
+        if self.task in ("classify", "multilabel", "relation"):
             return {"logits": per_token.sum(1) / mask.sum(1, keepdims=True)}  # (B, L)
         if self.task == "ner":
             return {"logits": per_token}
@@ -73,6 +75,18 @@ def _examples(case: str, n: int = 24):
     def text(k):
         return " ".join(str(w) for w in rng.choice(WORDS, size=k))
 
+    if case == "relation":  # two disjoint word spans of each text
+        out = []
+        for _ in range(n):
+            body = text(int(rng.integers(3, 40)))
+            from bertrt.tasks.encode import word_spans
+
+            spans = word_spans(body)
+            i = int(rng.integers(0, len(spans) - 1))
+            j = i + int(rng.integers(1, min(6, len(spans) - i)))  # near enough for one window
+            head, tail = (spans[i], spans[j]) if rng.random() < 0.5 else (spans[j], spans[i])
+            out.append(RelationExample(body, head, tail, str(rng.choice(LABELS[case]))))
+        return out
     if case == "multilabel":
         return [ClassifyExample(text(int(rng.integers(2, 40))), None,
                                 labels=[x for x in LABELS[case] if rng.random() < 0.4]) for _ in range(n)]
@@ -101,10 +115,17 @@ def _examples(case: str, n: int = 24):
     return out
 
 
-@pytest.mark.parametrize("case", ["classify", "pair", "multilabel", "ner", "qa"])
+@pytest.mark.parametrize("case", ["classify", "pair", "multilabel", "relation", "ner", "qa"])
 def test_every_path_reaches_the_same_answers_and_metrics(case):
     task = "classify" if case == "pair" else case
     tok, labels = tiny_tokenizer(), LABELS[task]
+    if task == "relation":  # the entity markers join the vocabulary, as fine-tuning adds them
+        from tokenizers import Tokenizer
+
+        from bertrt.tasks.encode import RELATION_MARKERS
+
+        tok = Tokenizer.from_str(tok.to_str())
+        tok.add_special_tokens(list(RELATION_MARKERS))
     fake = FakeModel(task, tok.get_vocab_size(), seed=len(case))
     examples = _examples(case)
     pairs, gold = inputs_and_gold(task, examples)
@@ -115,8 +136,9 @@ def test_every_path_reaches_the_same_answers_and_metrics(case):
                 **(options or {})}
     encoder = TextEncoder(tok, task, MAX_LENGTH)
     rt = Runtime.from_parts(manifest, encoder, fake, max_batch_tokens=4 * MAX_LENGTH, max_batch_size=4)
-    items = [{"question": a, "context": b} if task == "qa" else ({"text": a, "text_pair": b} if b else a)
-             for a, b in pairs]
+    items = [{"question": a, "context": b} if task == "qa" else
+             {"text": a, "head": list(b[0]), "tail": list(b[1])} if task == "relation" else
+             ({"text": a, "text_pair": b} if b else a) for a, b in pairs]
     runtime_answers = rt.predict(items)
     encs = encoder.encode(pairs)
     if task in ("ner", "qa"):
@@ -129,6 +151,7 @@ def test_every_path_reaches_the_same_answers_and_metrics(case):
 
     # 3. the export gate (rows in file order, padded to the longest of each batch of 5)
     gate_examples = [evaldata.Example(words=e.tokens, tags=e.tags) if task == "ner" else
+                     evaldata.Example(text=a, spans=b, label=g) if task == "relation" else
                      evaldata.Example(text=a, text_pair=b, label=g if task in ("classify", "multilabel") else None,
                                       answers=g if task == "qa" else None)
                      for e, (a, b), g in zip(examples, pairs, gold)]

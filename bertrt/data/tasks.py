@@ -20,10 +20,11 @@ from pathlib import Path
 
 from ..errors import DataError, InputError
 from ..tasks import LABELLED_TASKS, SEQUENCE_TASKS
-from ..tasks.encode import IGNORE_INDEX, TextEncoder, join_words, pad_to
+from ..tasks.encode import IGNORE_INDEX, TextEncoder, check_spans, join_words, pad_to
 
 TASK_FORMATS = {"classify": "JSONL, CSV or TSV", "multilabel": 'JSONL with "text" and a "labels" list',
-                "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON"}
+                "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON",
+                "relation": 'JSONL with "text", "head" and "tail" ([start, end] character spans) and "label"'}
 
 
 @dataclass
@@ -32,6 +33,14 @@ class ClassifyExample:
     text_pair: str | None = None
     label: str | None = None
     labels: list[str] | None = None  # multilabel: every label that applies (possibly none)
+
+
+@dataclass
+class RelationExample:
+    text: str
+    head: tuple[int, int]
+    tail: tuple[int, int]
+    label: str | None = None
 
 
 @dataclass
@@ -62,7 +71,8 @@ def read_task(path, task: str, require_labels: bool = True) -> list:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path} is empty; a {task} file needs at least one example ({TASK_FORMATS[task]})")
-    reader = {"classify": _read_classify, "multilabel": _read_multilabel, "ner": _read_ner, "qa": _read_squad}[task]
+    reader = {"classify": _read_classify, "multilabel": _read_multilabel, "ner": _read_ner, "qa": _read_squad,
+              "relation": _read_relation}[task]
     examples = reader(path, text, require_labels)
     if not examples:
         raise DataError(f"{path} holds no {task} examples; expected {TASK_FORMATS[task]}")
@@ -132,6 +142,22 @@ def _read_multilabel(path: Path, text: str, require_labels: bool) -> list[Classi
     if len({e.text_pair is not None for e in out}) > 1:
         raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
                         "(sentence-pair task) or none")
+    return out
+
+
+def _read_relation(path: Path, text: str, require_labels: bool) -> list[RelationExample]:
+    out = []
+    for n, row in _json_lines(path, text):
+        body, label = row.get("text"), row.get("label")
+        if not isinstance(body, str) or not body:
+            raise DataError(f"{path}:{n}: missing text; every relation example needs text, head, tail and label")
+        problem = check_spans(body, row.get("head"), row.get("tail"))
+        if problem:
+            raise DataError(f"{path}:{n}: {problem}")
+        if require_labels and label in (None, ""):
+            raise DataError(f'{path}:{n}: missing "label" (the relation of head to tail, e.g. "no_relation")')
+        out.append(RelationExample(body, tuple(row["head"]), tuple(row["tail"]),
+                                   str(label) if label not in (None, "") else None))
     return out
 
 
@@ -243,7 +269,7 @@ def infer_labels(task: str, examples: list) -> list[str]:
             raise DataError(f"the training data uses {len(labels)} label(s) {labels}; multi-label classification "
                             "needs at least 2")
         return labels
-    if task == "classify":
+    if task in ("classify", "relation"):
         labels = sorted({e.label for e in examples if e.label is not None})
         if len(labels) < 2:
             raise DataError(f"the training data has {len(labels)} label(s) {labels}; classification needs at least 2")
@@ -260,7 +286,7 @@ def check_labels(task: str, examples: list, labels: list[str], source) -> None:
     """Every label in ``examples`` must be one the model knows (e.g. eval labels must occur in training)."""
     if task not in LABELLED_TASKS:
         return
-    seen = ({e.label for e in examples} if task == "classify" else
+    seen = ({e.label for e in examples} if task in ("classify", "relation") else
             {x for e in examples for x in e.labels or []} if task == "multilabel" else
             {t for e in examples for t in (e.tags or [])})
     unknown = sorted(seen - set(labels) - {None})
@@ -277,6 +303,9 @@ def inputs_and_gold(task: str, examples: list) -> tuple[list[tuple[str, str | No
     if task in SEQUENCE_TASKS:
         gold = [e.label if task == "classify" else e.labels for e in examples]
         return [(e.text, e.text_pair) for e in examples], None if None in gold else gold
+    if task == "relation":
+        gold = [e.label for e in examples]
+        return [(e.text, (e.head, e.tail)) for e in examples], None if None in gold else gold
     if task == "ner":
         joined = [join_words(e.tokens, e.tags) for e in examples]
         gold = [tags for _, tags in joined]
@@ -308,6 +337,15 @@ def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max
             f["labels"] = index[e.label] if e.label is not None else IGNORE_INDEX
         out.append(f)
     return out
+
+
+def encode_relation(examples: list[RelationExample], tok, labels: list[str], max_length: int) -> list[dict]:
+    """One feature per example: the text with its entity markers, in the window the runtime would keep."""
+    index = {l: i for i, l in enumerate(labels)}
+    pairs, _ = inputs_and_gold("relation", examples)
+    encs = _encoder(tok, "relation", max_length).encode(pairs)
+    return [{"input_ids": enc.windows[0].ids, "token_type_ids": enc.windows[0].type_ids,
+             "labels": index[e.label] if e.label is not None else IGNORE_INDEX} for e, enc in zip(examples, encs)]
 
 
 def encode_ner(examples: list[NerExample], tok, labels: list[str], max_length: int,

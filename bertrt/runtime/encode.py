@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..errors import InputError
 from ..tasks import SEQUENCE_TASKS
+from ..tasks.encode import check_spans
 
 
 def parse_input(item, task: str) -> tuple[str, str | None]:
@@ -15,6 +16,17 @@ def parse_input(item, task: str) -> tuple[str, str | None]:
     classify: "text" or {"text", optional "text_pair"} or (text, pair); ner / embed: "text" or {"text"};
     qa: {"question", "context"} or (question, context).
     """
+    if task == "relation":
+        if not isinstance(item, dict):
+            raise InputError('a relation input is {"text": ..., "head": [start, end], "tail": [start, end]}')
+        _check_str(item.get("text"), "text")
+        for name in ("head", "tail"):
+            if name not in item:
+                raise InputError(f'a relation input needs "{name}": [start, end], a character span of the text')
+        problem = check_spans(item["text"], item["head"], item["tail"])
+        if problem:
+            raise InputError(problem)
+        return item["text"], (tuple(item["head"]), tuple(item["tail"]))
     if task == "qa":
         if isinstance(item, dict):
             q, c = item.get("question"), item.get("context")

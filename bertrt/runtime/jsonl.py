@@ -7,7 +7,7 @@ from typing import IO, Iterable, Iterator
 
 from ..errors import InputError
 
-FIELDS = {"text", "text_pair", "question", "context"}
+FIELDS = {"text", "text_pair", "question", "context", "head", "tail"}
 
 
 def parse_line(line: str, where: str):

@@ -88,7 +88,7 @@ def validate_request(payload, task: str, max_items: int, max_chars: int) -> list
         raise _Refused(413, f"{len(inputs)} inputs in one request; the limit is {max_items} (split the request)",
                        "too_many_inputs")
     allowed = {"qa": {"question", "context"}, "classify": {"text", "text_pair"},
-               "multilabel": {"text", "text_pair"}}.get(task, {"text"})
+               "multilabel": {"text", "text_pair"}, "relation": {"text", "head", "tail"}}.get(task, {"text"})
     for i, item in enumerate(inputs):
         if isinstance(item, dict):
             unknown = sorted(set(item) - allowed)

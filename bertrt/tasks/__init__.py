@@ -5,5 +5,5 @@ Torch-free (numpy and ``tokenizers`` only). Training, checkpoint evaluation, the
 runtime all call these functions, so for the same logits they reach the same decisions and the same metrics.
 """
 
-LABELLED_TASKS = ("classify", "ner", "multilabel")  # tasks whose outputs are named by label names
+LABELLED_TASKS = ("classify", "ner", "multilabel", "relation")  # tasks whose outputs are named by label names
 SEQUENCE_TASKS = ("classify", "multilabel")  # one output per input, from the pooled [CLS] vector

@@ -1,7 +1,8 @@
 """Model outputs -> the answers ``predict`` returns, one function per task; and the decisions they make.
 
-classify {"label", "score", "scores"}; multilabel {"labels", "scores"}; ner {"entities": [{"type", "start", "end", "text", "score"}]} with character
-offsets into the input; qa {"answer", "start", "end", "score"} with offsets into the context; embed {"embedding"}.
+classify {"label", "score", "scores"}; relation {"relation", "score", "scores"}; multilabel {"labels", "scores"};
+ner {"entities": [{"type", "start", "end", "text", "score"}]} with character offsets into the input; qa {"answer",
+"start", "end", "score"} with offsets into the context; embed {"embedding"}.
 Each adds "truncated": true when its input was cut to the artifact's max length. ``rows`` are the outputs of one
 input's windows, each cut to its window's length. ``options``: the artifact's decoding settings, ``normalize``
 (embed) and ``thresholds`` (multilabel, one per label; 0.5 when absent).
@@ -37,6 +38,12 @@ def classify(rows: list[dict], enc: Encoded, labels: list[str]) -> dict:
     best = int(p.argmax())
     return _finish({"label": labels[best], "score": float(p[best]),
                     "scores": {name: float(v) for name, v in zip(labels, p)}}, enc)
+
+
+def relation(rows: list[dict], enc: Encoded, labels: list[str]) -> dict:
+    """The relation of the highest probability between the marked head and tail."""
+    out = classify(rows, enc, labels)
+    return {"relation": out.pop("label"), **out}
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -195,6 +202,8 @@ def decode(task: str, rows: list[dict], enc: Encoded, labels: list[str], options
         return classify(rows, enc, labels)
     if task == "multilabel":
         return multilabel(rows, enc, labels, options.get("thresholds"))
+    if task == "relation":
+        return relation(rows, enc, labels)
     if task == "ner":
         return ner(rows, enc, labels)
     if task == "qa":
@@ -209,6 +218,8 @@ def decisions(task: str, output: dict, enc: Encoded) -> list:
         return [output["label"]]
     if task == "multilabel":
         return [name in output["labels"] for name in output["scores"]]
+    if task == "relation":
+        return [output["relation"]]
     if task == "ner":
         return word_tags(enc.spans, output["entities"])
     if task == "qa":

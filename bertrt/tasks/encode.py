@@ -6,6 +6,8 @@ One ``TextEncoder`` per (tokenizer, task, max length, stride, long-input mode). 
   ``long="chunks"`` a long single text becomes overlapping windows whose outputs ``decode`` pools.
 - ner: the text's words are runs of non-space characters, each CJK ideograph a word of its own (``word_spans``),
   the same rule for training labels and for serving; long texts become overlapping windows, never truncated.
+- relation: ``[CLS] ... [E1] head [/E1] ... [E2] tail [/E2] ... [SEP]``, the entity markers (special tokens that
+  fine-tuning adds) around the two character spans; a long text keeps the window around both spans.
 - qa: ``[CLS] question [SEP] context window [SEP]``; a long context becomes windows ``stride`` tokens apart in
   overlap (Hugging Face's ``doc_stride``), exactly as fine-tuning builds them.
 
@@ -27,6 +29,7 @@ IGNORE_INDEX = -100  # label of positions that carry no loss (special tokens, la
 PAD_MULTIPLE = 8  # sequence lengths are padded to a multiple of this: fewer distinct shapes, tensor-core friendly
 MAX_QUESTION_TOKENS = 64  # qa questions are cut to this many tokens (SQuAD practice)
 LONG_MODES = ("truncate", "chunks")
+RELATION_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")  # around the head, around the tail
 PREFIX_CHARS_PER_TOKEN = 8  # a long single text is first tokenized from a prefix of max_length x this many characters
 # Where a prefix may be cut: whitespace to the pre-tokeniser in every normaliser setting. Not str.isspace(), which
 # also accepts control characters (\x1c-\x1f) that BERT's clean_text deletes, joining the words around them.
@@ -74,6 +77,35 @@ def join_words(tokens: list[str], tags: list[str] | None = None) -> tuple[str, l
         out.append(tags[k] if k != last or tags[k] == "O" else "I-" + tags[k][2:])
         last = k
     return text, out
+
+
+def check_spans(text: str, head, tail) -> str | None:
+    """Why ``head`` and ``tail`` are not two valid, disjoint, non-empty [start, end) character spans of ``text``
+    (None when they are). Data readers raise it as a ``DataError``, the runtime as an ``InputError``."""
+    for name, span in (("head", head), ("tail", tail)):
+        if (not isinstance(span, (list, tuple)) or len(span) != 2 or
+                not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+            return f'"{name}" must be [start, end], two character offsets, not {span!r}'
+        if not 0 <= span[0] < span[1] <= len(text):
+            return (f'"{name}" {list(span)} is out of range: spans are [start, end) with 0 <= start < end <= '
+                    f"{len(text)} (the text's length)")
+    if head[0] < tail[1] and tail[0] < head[1]:
+        return f"head {list(head)} and tail {list(tail)} overlap; a relation joins two distinct spans"
+    for m in RELATION_MARKERS:
+        if m in text:
+            return f"the text contains {m!r}, a marker reserved for relation extraction; remove it"
+    return None
+
+
+def mark(text: str, head, tail) -> str:
+    """``text`` with the entity markers around the two spans, spaced so that each is a word of its own."""
+    cuts = [(head[0], 1, RELATION_MARKERS[0]), (head[1], 0, RELATION_MARKERS[1]),
+            (tail[0], 1, RELATION_MARKERS[2]), (tail[1], 0, RELATION_MARKERS[3])]  # at one place, closers first
+    out, last = [], 0
+    for pos, _, m in sorted(cuts):
+        out += [text[last:pos], f" {m} "]
+        last = pos
+    return "".join(out + [text[last:]])
 
 
 def windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -147,6 +179,8 @@ class TextEncoder:
             return self._qa(pairs)
         if self.task == "ner":
             return [self._ner(a) for a, _ in pairs]
+        if self.task == "relation":
+            return [self._relation(a, spans) for a, spans in pairs]
         single = [i for i, (_, b) in enumerate(pairs) if b is None]
         out: list[Encoded | None] = [None] * len(pairs)
         if self.long == "chunks":
@@ -217,6 +251,26 @@ class TextEncoder:
             last = w if w >= 0 and a < spans[w][1] else last
         rows = [self._row(toks[s:t], None, 0) for s, t in windows(len(toks), self.max_length - 2, self.stride)]
         return Encoded(rows, text, spans=spans)
+
+    def _relation(self, text: str, spans) -> Encoded:
+        """The marked text in one window; a text longer than it keeps the stretch around the two spans."""
+        ids = [self._whole.token_to_id(m) for m in RELATION_MARKERS]
+        if None in ids:
+            raise InputError("the tokenizer lacks the relation markers; a relation model's tokenizer has them "
+                             "(bertrt finetune --task relation adds them)")
+        e = self._whole.encode(mark(text, *spans), add_special_tokens=False)
+        toks = [(i, (0, 0), None) for i in e.ids]
+        where = [e.ids.index(i) for i in ids]
+        room, n = self.max_length - 2, len(toks)
+        start = 0
+        if n > room:
+            lo, hi = min(where), max(where)
+            if max(where[0], where[2]) - min(where[0], where[2]) >= room:
+                raise InputError(f"head and tail are {abs(where[2] - where[0])} tokens apart; a window of "
+                                 f"{self.max_length} tokens cannot hold both (a model with a longer max length can)")
+            spare = room - (hi - lo + 1)
+            start = max(0, min(lo - spare // 2, n - room)) if spare >= 0 else min(where[0], where[2])
+        return Encoded([self._row(toks[start:start + room], None, 0)], text, truncated=n > room)
 
     def _qa(self, pairs: list[tuple[str, str | None]]) -> list[Encoded]:
         questions = self._whole.encode_batch([q for q, _ in pairs], add_special_tokens=False)

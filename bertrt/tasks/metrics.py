@@ -49,6 +49,24 @@ def classification_report(y_true: list[int], y_pred: list[int], labels: list[str
             "confusion_matrix": confusion}
 
 
+# ---------------------------------------------------------------------------------------------------- relation
+NO_RELATION = "no_relation"
+
+
+def relation_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
+    """The classification report with micro and macro averages (and ``f1``, the micro F1) over the relations
+    proper: a ``no_relation`` label, when present, counts as the absence of a relation, as in TACRED scoring."""
+    r = classification_report(y_true, y_pred, labels)
+    kept = {k: v for k, v in r["per_class"].items() if k != NO_RELATION}
+    L = len(labels)
+    idx = [i for i, name in enumerate(labels) if name != NO_RELATION]
+    tp = sum(r["confusion_matrix"][i][i] for i in idx)
+    fp = sum(r["confusion_matrix"][j][i] for i in idx for j in range(L) if j != i)
+    fn = sum(r["confusion_matrix"][i][j] for i in idx for j in range(L) if j != i)
+    return {**r, "task": "relation", **_averages(kept, tp, fp, fn), "f1": _prf(tp, fp, fn)["f1"],
+            "excluded": [NO_RELATION] if NO_RELATION in labels else []}
+
+
 # ------------------------------------------------------------------------------------------------- multi-label
 def multilabel_report(gold: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict:
     """Per-label precision/recall/F1/support and their micro and macro averages; ``f1`` is the micro F1."""
@@ -160,13 +178,14 @@ def main_metric(report: dict) -> tuple[str, float]:
     """The number early stopping and best-checkpoint selection maximise, per task."""
     if report["task"] == "classify":
         return "accuracy", report["accuracy"]
-    return "f1", report["f1"]  # multilabel: micro F1; ner: entity F1; qa: SQuAD F1
+    # relation: micro F1 without no_relation; multilabel: micro F1; ner: entity F1; qa: SQuAD F1
+    return "f1", report["f1"]
 
 
 def report(task: str, outputs: list[dict], gold: list, labels: list[str], encs: list | None = None) -> dict:
     """The task's report for answers ``outputs`` (as ``predict`` returns them) against ``gold``: classify label
-    names; multilabel the list of labels that apply; ner BIO tags of each input's words (``encs[i].spans``, the words ``predict`` decided); qa the list of
-    acceptable answers per question."""
+    names (relation: relation names); multilabel the list of labels that apply; ner BIO tags of each input's words
+    (``encs[i].spans``, the words ``predict`` decided); qa the list of acceptable answers per question."""
     if len(outputs) != len(gold):
         raise ValueError(f"{len(gold)} gold answers but {len(outputs)} predictions")
     if task == "classify":
@@ -174,6 +193,9 @@ def report(task: str, outputs: list[dict], gold: list, labels: list[str], encs: 
         return classification_report([index[g] for g in gold], [index[o["label"]] for o in outputs], labels)
     if task == "multilabel":
         return multilabel_report(gold, [o["labels"] for o in outputs], labels)
+    if task == "relation":
+        index = {name: i for i, name in enumerate(labels)}
+        return relation_report([index[g] for g in gold], [index[o["relation"]] for o in outputs], labels)
     if task == "ner":
         return ner_report(gold, [word_tags(e.spans, o["entities"]) for o, e in zip(outputs, encs)])
     ids = [str(i) for i in range(len(gold))]

@@ -9,7 +9,7 @@ def format_report(r: dict) -> str:
     if r["task"] == "qa":
         return "\n".join(head + [f"questions    {r['count']}", f"exact match  {100 * r['exact_match']:.2f}",
                                  f"F1           {100 * r['f1']:.2f}"])
-    rows = r["per_class"] if r["task"] in ("classify", "multilabel") else r["per_type"]
+    rows = r["per_class"] if r["task"] in ("classify", "multilabel", "relation") else r["per_type"]
     width = max([len(k) for k in rows] + [12])
     lines = head + [f"{'':<{width}}  precision  recall      f1  support"]
     for name, v in rows.items():
@@ -26,6 +26,10 @@ def format_report(r: dict) -> str:
     if r["task"] == "multilabel":
         lines += [f"micro F1 {r['micro']['f1']:.4f}, macro F1 {r['macro']['f1']:.4f}; exact label sets "
                   f"{r['exact_match']:.4f}; {r['count']} examples"]
+        return "\n".join(lines)
+    if r["task"] == "relation":
+        lines += [f"relation F1 {r['f1']:.4f} (micro, without {', '.join(r['excluded']) or 'no label'}); macro "
+                  f"{r['macro']['f1']:.4f}; accuracy {r['accuracy']:.4f} ({r['count']} examples)"]
         return "\n".join(lines)
     lines += ["", f"accuracy {r['accuracy']:.4f} ({r['count']} examples)", "",
               "confusion matrix (rows: true, columns: predicted)"]

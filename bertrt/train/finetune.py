@@ -138,9 +138,14 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
                                                                   if n.startswith(("classifier.", "qa_outputs."))})
     if config.dropout is not None:
         _set_dropout(model, config.dropout)
+    if task == "relation":
+        from .relation import add_markers
+
+        add_markers(model, tok)  # the entity markers join the tokenizer (saved with the checkpoint) and embeddings
 
     encode = {"classify": lambda ex: T.encode_classify(ex, tok, labels, max_length),
               "multilabel": lambda ex: T.encode_classify(ex, tok, labels, max_length, multilabel=True),
+              "relation": lambda ex: T.encode_relation(ex, tok, labels, max_length),
               "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
               "qa": lambda ex: T.encode_qa(ex, tok, max_length, config.doc_stride)}[task]
     train_feats = encode(train_ex)
