@@ -632,12 +632,10 @@ def _format_export(path: Path, m: dict) -> str:
         lines.append(f"quantized  {q['mode']} ({q['preset']}, per-channel {q['per_channel']}, reduce-range "
                      f"{q['reduce_range']}): {counts}; fp32 units: {', '.join(q['fp32_units']) or 'none'}")
     final = m["parity"]["final"]
-    gates = []
-    for name, g in final["gates"].items():
-        v = g["value"]
-        shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-        gates.append(f"{name} {shown} ({g['rule']})")
-    lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): " + "; ".join(gates))
+    from .converters.parity import format_gates
+
+    lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): "
+                 + format_gates(final, rules="rule", sep="; "))
     return "\n".join(lines)
 
 

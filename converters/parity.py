@@ -200,12 +200,20 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
             "passed": bool(all(g["passed"] for g in gates.values()))}
 
 
-def failures(report: dict) -> str:
-    """The failed gates of a report as one readable clause, with the numbers."""
+def format_gates(report: dict, failed_only: bool = False, rules: str | None = None, sep: str = ", ") -> str:
+    """A gate report's gates as one line, each ``name value``; ``rules``: "needs" or "rule" adds each gate's rule in
+    parentheses ("needs" for failures); ``failed_only``: the failed gates alone. Every gate printout uses this."""
     parts = []
     for name, g in report["gates"].items():
-        if not g["passed"]:
-            v = g["value"]
-            shown = f"{v:.4g}" if isinstance(v, float) else str(v)
-            parts.append(f"{name} {shown} (needs {g['rule']})")
-    return "; ".join(parts)
+        if failed_only and g["passed"]:
+            continue
+        v = g["value"]
+        shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        rule = "" if rules is None else f" ({'needs ' if rules == 'needs' else ''}{g['rule']})"
+        parts.append(f"{name} {shown}{rule}")
+    return sep.join(parts)
+
+
+def failures(report: dict) -> str:
+    """The failed gates of a report as one readable clause, with the numbers."""
+    return format_gates(report, failed_only=True, rules="needs", sep="; ")

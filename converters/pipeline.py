@@ -91,7 +91,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
     from .export import export_onnx
     from .fallback import quantize_with_gates
     from .optimize import optimize as run_optimize
-    from .parity import check, failures, onnx_outputs, torch_outputs
+    from .parity import check, failures, format_gates, onnx_outputs, torch_outputs
 
     model, tokenizer = load_for_export(checkpoint, export)
     mcfg, task = model.config, model.config.task
@@ -159,7 +159,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         gate_reports["final"] = final_report
         if precision == "fp32" and parity.device != "cpu":
             gate_reports["final"] = evaluate(current, "fp32")
-        log(f"gates passed: {_summary(final_report)}")
+        log(f"gates passed: {format_gates(final_report)}")
 
         tok_dir = work / "tokenizer"
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
@@ -208,14 +208,6 @@ def _bertrt_version() -> str:
     return __version__
 
 
-def _summary(report: dict) -> str:
-    parts = []
-    for name, g in report["gates"].items():
-        v = g["value"]
-        parts.append(f"{name} {'-' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}")
-    return ", ".join(parts)
-
-
 def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, checkpoint: str | None = None,
                     parity: ParityConfig | None = None, log=_stderr, progress: bool = True) -> dict:
     """Re-check an artifact: sha256 of every file, then its gates against the PyTorch reference checkpoint.
@@ -225,7 +217,7 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     """
     from bertrt.tokenizer import load_tokenizer
 
-    from .parity import check, failures, onnx_outputs, torch_outputs
+    from .parity import check, failures, format_gates, onnx_outputs, torch_outputs
 
     artifact = Path(artifact)
     manifest = load_manifest(artifact, verify=True)
@@ -253,5 +245,5 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     if not report["passed"]:
         raise ParityError(f"{artifact} fails its parity gates on {pcfg.eval_path or 'the built-in sample'}: "
                           f"{failures(report)}", report)
-    log(f"gates passed: {_summary(report)}")
+    log(f"gates passed: {format_gates(report)}")
     return report
