@@ -299,6 +299,16 @@ def _parse_ints(text: str, name: str) -> list[int]:
         raise typer.BadParameter(f"{name} wants comma-separated integers like 1,8,32, not {text!r}") from None
 
 
+class Long(str, Enum):
+    truncate = "truncate"
+    chunks = "chunks"
+
+
+LONG_HELP = ("classify / embed inputs longer than the artifact's max length: truncate (the default; such outputs "
+             'say "truncated": true) or chunks (overlapping windows, probabilities or vectors averaged: slower, '
+             "but reads the whole text; use it when texts run long). qa contexts and ner texts are always windowed.")
+
+
 @app.command("bench")
 def bench_command(
     artifacts: Optional[list[Path]] = typer.Argument(None, help="Artifacts of one task to check and time (from "
@@ -336,6 +346,7 @@ def bench_command(
                                                   "pruned models are judged by their metric alone."),
     skip_refused: bool = typer.Option(False, "--skip-refused", help="Report refused artifacts as rows and time the "
                                       "rest, instead of stopping with an error."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
     same_process: bool = typer.Option(False, "--same-process", help="Load every variant into this process instead "
                                       "of a process each (saves a few seconds of start-up per variant; the "
                                       "numbers then depend on which libraries share the process)."),
@@ -349,7 +360,8 @@ def bench_command(
     peer_list = None if peers == "all" else ([] if peers == "none" else [p.strip() for p in peers.split(",")])
     cfg = BenchConfig(batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"), threads=threads, repeats=repeats,
                       latency_n=latency_n, limit=limit, peers=peer_list, max_drop=max_drop,
-                      min_agreement=min_agreement, skip_refused=skip_refused, isolate=not same_process)
+                      min_agreement=min_agreement, skip_refused=skip_refused, isolate=not same_process,
+                      long=long.value)
     run_bench(artifacts or [], data, output, cfg, reference=str(reference) if reference else None, force=force,
               log=lambda m: typer.echo(m, err=True))
     typer.echo((output / "bench.md").read_text())
@@ -380,16 +392,6 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class Long(str, Enum):
-    truncate = "truncate"
-    chunks = "chunks"
-
-
-LONG_HELP = ("classify / embed inputs longer than the artifact's max length: truncate (the default; such outputs "
-             'say "truncated": true) or chunks (overlapping windows, probabilities or vectors averaged: slower, '
-             "but reads the whole text; use it when texts run long). qa contexts and ner texts are always windowed.")
 
 
 @app.command()

@@ -101,3 +101,27 @@ def test_a_perturbed_ner_artifact_is_refused_by_its_entity_decisions(tmp_path):
     (refusal,) = e.value.refusals
     assert refusal["metric"] == "entity F1" and 0.0 < refusal["agreement"] < 1.0
     assert not (tmp_path / "out").exists()
+
+
+def test_long_chunks_bench_pools_windows_on_both_sides(tmp_path):
+    """Texts longer than a 16-token artifact: with --long chunks the artifact and the reference both pool windows,
+    so the fp32 gate still sees identical decisions, and the runtime flags no truncation."""
+    from bertrt.converters.config import ExportConfig, ParityConfig
+    from bertrt.converters.pipeline import export_artifact
+    from bertrt.runtime import Runtime
+
+    ckpt = _checkpoint(tmp_path, "classify")
+    data = tmp_path / "news.jsonl"
+    from bertrt.converters import sample
+
+    data.write_text("".join(json.dumps({"text": t, "label": "sport"}) + "\n" for t in sample.TEXTS[:30]))
+    art = tmp_path / "art"
+    export_artifact(ckpt, art, ExportConfig(max_length=16), parity=ParityConfig(eval_path=str(data)), **QUIET)
+    texts = read_workload(data, "classify").texts
+    rt = Runtime(art, device="cpu", threads=1, long="chunks")
+    assert sum(len(e.windows) > 1 for e in rt.encode(texts)) >= 10  # long enough to need windows
+    assert not any(r.get("truncated") for r in rt.predict(texts))
+    doc = run_bench([art], [data], tmp_path / "out", BenchConfig(long="chunks", **FAST), reference=str(ckpt),
+                    log=lambda m: None)
+    (row,) = doc["rows"]
+    assert doc["settings"]["long"] == "chunks" and row["status"] == "timed" and row["agreement"] == 1.0

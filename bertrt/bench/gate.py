@@ -59,7 +59,8 @@ def read_workload(path: str | Path, task: str = "classify", limit: int | None = 
 
 def reference_answers(checkpoint: str | Path, w: Workload, manifest: dict, batch_size: int = 32):
     """(answers, encoded inputs) of bertrt's PyTorch fp32 model on ``w``, encoded and decoded as the artifact of
-    ``manifest`` encodes and decodes (its max length, window stride, pooling, thresholds)."""
+    ``manifest`` encodes and decodes (its max length, window stride, pooling, thresholds; ``long`` as the bench
+    runs the artifact)."""
     from ..checkpoint import load_checkpoint
     from ..runtime.encode import parse_input
     from ..runtime.runtime import encoder_for
@@ -72,7 +73,7 @@ def reference_answers(checkpoint: str | Path, w: Workload, manifest: dict, batch
     if task == "embed":  # the artifact's pooling, as export applied it
         model.config.pooling = manifest.get("pooling") or model.config.pooling
         model.config.normalize = bool(manifest.get("normalize"))
-    encoder = encoder_for(manifest, load_tokenizer(checkpoint))
+    encoder = encoder_for(manifest, load_tokenizer(checkpoint), manifest.get("long") or "truncate")
     encs = encoder.encode([parse_input(x, task) for x in w.texts])
     labels = list(model.config.labels)
     answers = predict(task, encs, torch_forward(model), labels, encoder.pad_id, max_length,

@@ -46,6 +46,7 @@ class BenchConfig:
     skip_refused: bool = False  # report refused artifacts as rows instead of stopping
     progress: bool = True
     isolate: bool = True  # each variant in its own process
+    long: str = "truncate"  # classify / embed inputs past the max length: "truncate" or "chunks" (as Runtime)
 
     def __post_init__(self):
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -78,7 +79,7 @@ class _References:
 
     def get(self, checkpoint: Path, manifest: dict, w: G.Workload) -> tuple[list[dict], list]:
         settings = {k: manifest.get(k) for k in ("task", "max_length", "doc_stride", "thresholds", "pooling",
-                                                 "normalize")}
+                                                 "normalize", "long")}
         key = (str(checkpoint.resolve()), json.dumps(settings, sort_keys=True), w.name)
         if key not in self.cache:
             answers, encs, labels = G.reference_answers(checkpoint, w, settings)
@@ -139,8 +140,8 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     for w in workloads:
         for path, manifest in manifests.items():
             ref_ckpt = _reference_for(manifest, reference, path)
-            ref, encs = refs.get(ref_ckpt, manifest, w)
-            p = ArtifactPredictor(path, threads)
+            ref, encs = refs.get(ref_ckpt, manifest | {"long": cfg.long}, w)
+            p = ArtifactPredictor(path, threads, long=cfg.long)
             result = G.check(p.predict(w.texts, cfg.batch_sizes[-1]), ref, w,
                              G.Gate.for_manifest(manifest, cfg.min_agreement, cfg.max_drop), encs)
             del p
@@ -174,7 +175,7 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
                 job |= {"workload": {"name": w.name, "task": w.task, "texts": w.texts, "gold": w.gold},
                         "reference": reference,
                         "max_length": max_length, "threads": threads, "work": tmp, "batch_sizes": cfg.batch_sizes,
-                        "latency_n": cfg.latency_n}
+                        "latency_n": cfg.latency_n, "long": cfg.long}
             for job, row in zip(jobs, _time_interleaved(jobs, cfg, Path(tmp), w.name)):
                 rows.append(base_row(w, row.pop("name"), job["kind"], row.pop("precision"),
                                      job["what"] if job["kind"] == "bertrt" else None) | row)
@@ -186,7 +187,8 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     doc = {"format": 2, "machine": machine, "task": task,
            "settings": {"batch_sizes": cfg.batch_sizes, "repeats": cfg.repeats, "latency_n": cfg.latency_n,
                         "reference": str(reference) if reference else None, "peers": peers,
-                        "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop, "isolate": cfg.isolate},
+                        "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop, "isolate": cfg.isolate,
+                        "long": cfg.long},
            "workloads": [{"name": w.name, "path": str(d), "examples": len(w.texts), "max_length": max_length}
                          for w, d in zip(workloads, data)],
            "rows": rows}
@@ -277,7 +279,7 @@ class _Timer:
         if job["kind"] == "bertrt":
             from .variants import ArtifactPredictor
 
-            factory = lambda: ArtifactPredictor(job["what"], job["threads"])  # noqa: E731
+            factory = lambda: ArtifactPredictor(job["what"], job["threads"], long=job["long"])  # noqa: E731
         else:
             from .peers import NAMES, PRECISION, make_peer
 

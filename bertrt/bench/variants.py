@@ -20,11 +20,11 @@ def describe_artifact(manifest: dict) -> str:
 class ArtifactPredictor:
     kind = "bertrt"
 
-    def __init__(self, path: str | Path, threads: int, name: str | None = None):
+    def __init__(self, path: str | Path, threads: int, name: str | None = None, long: str = "truncate"):
         from ..runtime import Runtime
 
         self.path = Path(path)
-        self.rt = Runtime(self.path, device="cpu", threads=threads)
+        self.rt = Runtime(self.path, device="cpu", threads=threads, long=long)
         self.manifest = self.rt.manifest
         self.name = name or f"bertrt {describe_artifact(self.manifest)} ({self.path.name})"
         self.precision = self.manifest.get("precision", "fp32")
