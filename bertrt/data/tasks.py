@@ -119,11 +119,14 @@ def _read_classify(path: Path, text: str, require_labels: bool) -> list[Classify
         label = row.get("label")
         out.append(ClassifyExample(str(row["text"]), str(pair) if pair not in (None, "") else None,
                                    str(label) if label not in (None, "") else None))
-    pairs = {e.text_pair is not None for e in out}
-    if len(pairs) > 1:
+    _check_pairs(path, out)
+    return out
+
+
+def _check_pairs(path: Path, examples: list[ClassifyExample]) -> None:
+    if len({e.text_pair is not None for e in examples}) > 1:
         raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
                         "(sentence-pair task) or none")
-    return out
 
 
 def _read_multilabel(path: Path, text: str, require_labels: bool) -> list[ClassifyExample]:
@@ -139,9 +142,7 @@ def _read_multilabel(path: Path, text: str, require_labels: bool) -> list[Classi
         if labels is not None and len(set(labels)) != len(labels):
             raise DataError(f"{path}:{n}: a label occurs twice in {labels}; list each label once")
         out.append(ClassifyExample(row["text"], str(pair) if pair not in (None, "") else None, labels=labels))
-    if len({e.text_pair is not None for e in out}) > 1:
-        raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
-                        "(sentence-pair task) or none")
+    _check_pairs(path, out)
     return out
 
 
