@@ -34,6 +34,7 @@ import numpy as np
 
 from bertrt.bench.machine import describe
 from bertrt.data.bbc import bbc_split, write_jsonl  # the one BBC split every bench uses
+from bertrt.tasks.encode import pad_rows, truncating  # the padding and truncation every bertrt path uses
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -46,26 +47,17 @@ def torch_predictions(checkpoint: Path, texts: list[str], max_length: int) -> np
     from bertrt.checkpoint import load_checkpoint
     from bertrt.tokenizer import load_tokenizer
 
-    model, tok = load_checkpoint(checkpoint), load_tokenizer(checkpoint)
-    tok.enable_truncation(max_length)
+    model, tok = load_checkpoint(checkpoint), truncating(load_tokenizer(checkpoint), max_length)
     preds = []
     with torch.no_grad():
         for s in range(0, len(texts), 32):
-            encs = tok.encode_batch(texts[s:s + 32])
-            ids, mask, types = pad(encs)
-            preds.append(model(torch.from_numpy(ids), torch.from_numpy(mask),
-                               torch.from_numpy(types))["logits"].argmax(-1).numpy())
+            feeds = pad(tok.encode_batch(texts[s:s + 32]))
+            preds.append(model(**{k: torch.from_numpy(v) for k, v in feeds.items()})["logits"].argmax(-1).numpy())
     return np.concatenate(preds)
 
 
-def pad(encs):
-    T = max(len(e.ids) for e in encs)
-    ids = np.zeros((len(encs), T), dtype=np.int64)
-    mask, types = np.zeros_like(ids), np.zeros_like(ids)
-    for i, e in enumerate(encs):
-        n = len(e.ids)
-        ids[i, :n], mask[i, :n], types[i, :n] = e.ids, 1, e.type_ids
-    return ids, mask, types
+def pad(encs) -> dict:
+    return pad_rows([e.ids for e in encs], [e.type_ids for e in encs], pad_id=0)
 
 
 def plain_export(checkpoint: Path, out: Path) -> tuple[Path, Path]:
@@ -103,11 +95,10 @@ def measure(onnx_path: Path, tokenizer, texts, gold, ref, labels, args) -> dict:
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    tokenizer.enable_truncation(args.max_length)
+    tokenizer = truncating(tokenizer, args.max_length)
 
     def run(batch_texts):
-        ids, mask, types = pad(tokenizer.encode_batch(batch_texts))
-        return sess.run(["logits"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+        return sess.run(["logits"], pad(tokenizer.encode_batch(batch_texts)))[0]
 
     preds = np.concatenate([run(texts[s:s + args.batch_size]).argmax(-1)
                             for s in range(0, len(texts), args.batch_size)])  # also the warm-up

@@ -26,6 +26,8 @@ SIGNATURE = "bertrt.sig"  # optional: an Ed25519 signature of the manifest's byt
 REQUIRED_KEYS = ("format_version", "task", "labels", "max_length", "inputs", "outputs", "precision", "files")
 TASK_OUTPUTS = {  # ONNX output names per task, in order
     "classify": ["logits"],
+    "multilabel": ["logits"],
+    "relation": ["logits"],
     "ner": ["logits"],
     "qa": ["start_logits", "end_logits"],
     "embed": ["embedding"],

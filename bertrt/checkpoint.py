@@ -20,6 +20,7 @@ import torch
 from .atomic import atomic_dir
 from .errors import CheckpointError
 from .model import HF_NAMES, TASKS, Bert, BertConfig
+from .tasks import LABELLED_TASKS, SEQUENCE_TASKS
 
 ARCHITECTURE_TASKS = {
     "BertModel": "base",
@@ -29,7 +30,8 @@ ARCHITECTURE_TASKS = {
     "BertForTokenClassification": "ner",
     "BertForQuestionAnswering": "qa",
 }
-TASK_ARCHITECTURES = {v: k for k, v in ARCHITECTURE_TASKS.items()} | {"embed": "BertModel"}
+TASK_ARCHITECTURES = {v: k for k, v in ARCHITECTURE_TASKS.items()} | {"embed": "BertModel", "relation": "BertModel",
+                                                                     "multilabel": "BertForSequenceClassification"}
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.")
 IGNORED_HF_KEYS = re.compile(r"(position_ids|cls\.predictions\.decoder\.(weight|bias))$")
 PRUNING_RECORD = "pruning.json"  # beside the weights of a checkpoint written by `bertrt prune`
@@ -74,11 +76,13 @@ def read_config(path: Path) -> tuple[BertConfig, dict]:
     ours = raw.get("bertrt", {})
     arch = (raw.get("architectures") or ["BertModel"])[0]
     task = ours.get("task") or ARCHITECTURE_TASKS.get(arch, "base")
+    if task == "classify" and raw.get("problem_type") == "multi_label_classification":
+        task = "multilabel"
     layers, heads = raw["num_hidden_layers"], raw["num_attention_heads"]
     labels = ours.get("labels")
     if labels is None and "id2label" in raw:
         labels = [raw["id2label"][str(i)] for i in range(len(raw["id2label"]))]
-    if labels is None and task in ("classify", "ner"):  # transformers omits id2label when it is the default
+    if labels is None and task in LABELLED_TASKS:  # transformers omits id2label when it is the default
         labels = [f"LABEL_{i}" for i in range(raw.get("num_labels", 2))]
     cfg = BertConfig(
         vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
@@ -91,11 +95,25 @@ def read_config(path: Path) -> tuple[BertConfig, dict]:
         attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
         layer_norm_eps=raw.get("layer_norm_eps", 1e-12), activation=raw.get("hidden_act", "gelu"),
         pad_token_id=raw.get("pad_token_id", 0) or 0, task=task,
-        labels=labels if task in ("classify", "ner") else [],
-        with_pooler=ours.get("with_pooler", task in ("base", "embed", "pretrain", "classify")),
+        labels=labels if task in LABELLED_TASKS else [],
+        with_pooler=ours.get("with_pooler", task in ("base", "embed", "pretrain") + SEQUENCE_TASKS),
         pooling=ours.get("pooling", "mean"), normalize=ours.get("normalize", False),
+        markers=ours.get("markers", []),
     )
     return cfg, raw
+
+
+def finetune_record(path: str | os.PathLike) -> dict:
+    """What fine-tuning recorded in a checkpoint (finetune.json) that inference must repeat: ``max_length``,
+    ``doc_stride`` (window overlap) and ``thresholds`` (multilabel); {} for a checkpoint without one."""
+    f = Path(path) / "finetune.json"
+    try:
+        info = json.loads(f.read_text()) if f.is_file() else {}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{f} is not valid JSON; restore it or delete it") from None
+    config = info.get("config", {})
+    return {k: v for k, v in (("max_length", config.get("max_length")), ("doc_stride", config.get("doc_stride")),
+                              ("thresholds", info.get("thresholds"))) if v is not None}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -137,8 +155,8 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None, labels: li
         raise CheckpointError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if task is not None and task != cfg.task:
         cfg.task = task
-        cfg.with_pooler = cfg.with_pooler or task in ("pretrain", "classify")
-        if labels is None and task not in ("classify", "ner"):
+        cfg.with_pooler = cfg.with_pooler or task in ("pretrain",) + SEQUENCE_TASKS
+        if labels is None and task not in LABELLED_TASKS:
             cfg.labels = []
     if labels is not None:
         cfg.labels = list(labels)
@@ -185,9 +203,11 @@ def hf_config(cfg: BertConfig, tokenizer_fingerprint: str | None = None) -> dict
         "position_embedding_type": "absolute",
         "bertrt": {"task": cfg.task, "labels": cfg.labels, "num_heads": cfg.num_heads, "ffn_sizes": cfg.ffn_sizes,
                    "head_size": cfg.head_size, "with_pooler": cfg.with_pooler, "pooling": cfg.pooling,
-                   "normalize": cfg.normalize, "pruned": not uniform,
+                   "normalize": cfg.normalize, "pruned": not uniform, "markers": cfg.markers,
                    "tokenizer_fingerprint": tokenizer_fingerprint},
     }
+    if cfg.task == "multilabel":
+        d["problem_type"] = "multi_label_classification"  # transformers then applies sigmoid and BCE too
     if cfg.labels:
         d["id2label"] = {str(i): l for i, l in enumerate(cfg.labels)}
         d["label2id"] = {l: i for i, l in enumerate(cfg.labels)}

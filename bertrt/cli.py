@@ -214,12 +214,24 @@ def _parse_ints(text: str, name: str) -> list[int]:
         raise typer.BadParameter(f"{name} wants comma-separated integers like 1,8,32, not {text!r}") from None
 
 
+class Long(str, Enum):
+    truncate = "truncate"
+    chunks = "chunks"
+
+
+LONG_HELP = ("classify / embed inputs longer than the artifact's max length: truncate (the default; such outputs "
+             'say "truncated": true) or chunks (overlapping windows, probabilities or vectors averaged: slower, '
+             "but reads the whole text; use it when texts run long). qa contexts and ner texts are always windowed.")
+
+
 @app.command("bench")
 def bench_command(
-    artifacts: Optional[list[Path]] = typer.Argument(None, help="Classify artifacts to check and time (from bertrt "
-                                                     "export). Omit them to time only the peers of --reference."),
-    data: list[Path] = typer.Option(..., "--data", help="Labelled classify data (JSONL/CSV/TSV: text, label); "
-                                    "repeat for several workloads (e.g. long articles and short headlines)."),
+    artifacts: Optional[list[Path]] = typer.Argument(None, help="Artifacts of one task to check and time (from "
+                                                     "bertrt export). Omit them to time only the peers of "
+                                                     "--reference (classify)."),
+    data: list[Path] = typer.Option(..., "--data", help="Labelled data of the artifacts' task, in the format "
+                                    "finetune reads (embed: classify data or one text per line); repeat for several "
+                                    "workloads (e.g. long articles and short headlines)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for bench.json, bench.md and the PNG plots "
                                 "(written atomically)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="The fine-tuned checkpoint the artifacts "
@@ -240,27 +252,31 @@ def bench_command(
                                         "looks; the gate then checks fewer decisions)."),
     peers: str = typer.Option("all", help="Peers to run with --reference: all, none, or a comma list of "
                               "torch-fp32, torch-bf16, torch-int8, ort-fp32, ort-int8."),
-    max_drop: Optional[float] = typer.Option(None, help="Accuracy points an artifact may lose against the "
+    max_drop: Optional[float] = typer.Option(None, help="Points of its task metric (accuracy, micro F1, relation "
+                                             "F1, entity F1, SQuAD F1) an artifact may lose against the "
                                              "reference before it is refused. Default: the artifact's own export "
                                              "setting (0.5)."),
     min_agreement: Optional[float] = typer.Option(None, help="Decision agreement (0-1) a quantized artifact needs. "
                                                   "Default: its export setting (0.99). fp32 always needs 1.0; "
-                                                  "pruned models are judged by accuracy alone."),
+                                                  "pruned models are judged by their metric alone."),
     skip_refused: bool = typer.Option(False, "--skip-refused", help="Report refused artifacts as rows and time the "
                                       "rest, instead of stopping with an error."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
     same_process: bool = typer.Option(False, "--same-process", help="Load every variant into this process instead "
                                       "of a process each (saves a few seconds of start-up per variant; the "
                                       "numbers then depend on which libraries share the process)."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ):
-    """Check every artifact against the reference (decision agreement, accuracy), then time it beside the peers:
+    """Check every artifact against the reference (decision agreement, its task metric; embeddings by cosine), then
+    time it beside the peers (classify):
     batch-1 latency p50/p90/p99, throughput per batch size, tokenization, peak memory, size."""
     from .bench.run import BenchConfig, run_bench
 
     peer_list = None if peers == "all" else ([] if peers == "none" else [p.strip() for p in peers.split(",")])
     cfg = BenchConfig(batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"), threads=threads, repeats=repeats,
                       latency_n=latency_n, limit=limit, peers=peer_list, max_drop=max_drop,
-                      min_agreement=min_agreement, skip_refused=skip_refused, isolate=not same_process)
+                      min_agreement=min_agreement, skip_refused=skip_refused, isolate=not same_process,
+                      long=long.value)
     run_bench(artifacts or [], data, output, cfg, reference=str(reference) if reference else None, force=force,
               log=lambda m: typer.echo(m, err=True))
     typer.echo((output / "bench.md").read_text())
@@ -304,7 +320,8 @@ def predict(
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to predict (classify / ner / embed). Omit them "
                                                 "to read JSONL from --input or stdin."),
     input: Optional[Path] = typer.Option(None, "-i", "--input", help="JSONL file, one input per line: "
-                                         '{"text"} (+ "text_pair" for pairs) or {"question", "context"} for qa. '
+                                         '{"text"} (+ "text_pair" for pairs), {"question", "context"} for qa, '
+                                         '{"text", "head": [start, end], "tail": [start, end]} for relation. '
                                          "Default: stdin when no TEXT is given."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write JSONL results here instead of stdout."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when onnxruntime-gpu can use it. Ask for "
@@ -316,6 +333,7 @@ def predict(
     max_batch_tokens: int = typer.Option(16384, help="Most tokens per batch, padding included (rows x padded "
                                          "length). Lower it if memory is tight with long texts."),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
     ray: bool = typer.Option(False, "--ray", help="Run through Ray Data on a pool of Runtime actors (needs "
                              "bertrt[ray]); -i may be a folder of .jsonl files and -o is a folder of part files, "
@@ -338,13 +356,14 @@ def predict(
         return predict_ray(artifact, input, output, texts=texts, address=address, concurrency=concurrency,
                            fmt=format, rows_per_task=rows_per_task, force=force,
                            runtime_options={"device": device.value, "threads": threads, "max_batch_size": batch_size,
-                                            "max_batch_tokens": max_batch_tokens,
+                                            "max_batch_tokens": max_batch_tokens, "long": long.value,
                                             "trusted_keys": [str(k) for k in trusted_key] if trusted_key else None})
     check_io(texts, input, output, force)
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
-                 max_batch_size=batch_size, trusted_keys=trusted_key or None)
-    if texts and rt.task == "qa":
-        raise InputError('a qa artifact needs {"question", "context"} objects: give them as JSONL with --input')
+                 max_batch_size=batch_size, long=long.value, trusted_keys=trusted_key or None)
+    if texts and rt.task in ("qa", "relation"):
+        fields = '{"question", "context"}' if rt.task == "qa" else '{"text", "head", "tail"}'
+        raise InputError(f"a {rt.task} artifact needs {fields} objects: give them as JSONL with --input")
     run_io(texts, input, output, read_inputs,
            lambda items, out, bar: predict_stream(rt, items, out, chunk_size=1024, progress=bar), "predict", "input")
 
@@ -446,6 +465,7 @@ def serve(
     replica_gpus: float = typer.Option(0.0, help="With --ray: GPUs per replica (1 with --device cuda)."),
     print_config: bool = typer.Option(False, "--print-config", help="With --ray: print the equivalent Ray Serve "
                                       "config (for `serve deploy` or a KubeRay RayService) instead of deploying."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
 ):
     """Serve an artifact over HTTP: POST /v1/predict (and /v1/mask with bertrt.mask), /healthz, /readyz, /metrics,
     /openapi.json. SIGHUP reloads --api-key-file."""
@@ -464,7 +484,7 @@ def serve(
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_concurrent_requests=max_concurrent_requests, timeout=timeout,
-                         liveness_timeout=liveness_timeout)
+                         liveness_timeout=liveness_timeout, long=long.value)
     limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
                         graceful_timeout=graceful_timeout)
     if ray or print_config:
@@ -485,6 +505,8 @@ def serve(
 # ---------------------------------------------------------------------------------------------------- export
 class ExportTask(str, Enum):
     classify = "classify"
+    multilabel = "multilabel"
+    relation = "relation"
     ner = "ner"
     qa = "qa"
     embed = "embed"
@@ -623,12 +645,10 @@ def _format_export(path: Path, m: dict) -> str:
         lines.append(f"quantized  {q['mode']} ({q['preset']}, per-channel {q['per_channel']}, reduce-range "
                      f"{q['reduce_range']}): {counts}; fp32 units: {', '.join(q['fp32_units']) or 'none'}")
     final = m["parity"]["final"]
-    gates = []
-    for name, g in final["gates"].items():
-        v = g["value"]
-        shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-        gates.append(f"{name} {shown} ({g['rule']})")
-    lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): " + "; ".join(gates))
+    from .converters.parity import format_gates
+
+    lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): "
+                 + format_gates(final, rules="rule", sep="; "))
     return "\n".join(lines)
 
 
@@ -662,6 +682,8 @@ def verify(
 # ---------------------------------------------------------------------------------------------------- finetune
 class FinetuneTask(str, Enum):
     classify = "classify"
+    multilabel = "multilabel"
+    relation = "relation"
     ner = "ner"
     qa = "qa"
 
@@ -685,7 +707,10 @@ def finetune_command(
                                  "ner CoNLL or JSONL (tokens, tags), qa SQuAD v1.1 JSON."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the fine-tuned checkpoint (written "
                                 "atomically; the training run's files go in its run/ subfolder)."),
-    task: FinetuneTask = typer.Option(..., "--task", help="classify (single texts or pairs), ner or qa."),
+    task: FinetuneTask = typer.Option(..., "--task", help="classify (single texts or pairs), multilabel (any "
+                                      'number of labels per text: JSONL with a "labels" list; per-label thresholds '
+                                      "are tuned on --eval), relation (JSONL text, head and tail character spans, "
+                                      "label; a no_relation label is left out of its F1), ner or qa."),
     from_: Path = typer.Option(..., "--from", help="Start from this bertrt checkpoint or Hugging Face BERT folder "
                                "(a task head is added fresh when it has none for these labels)."),
     eval_data: Path = typer.Option(None, "--eval", help="Held-out data in the same format: evaluated every "
@@ -707,7 +732,9 @@ def finetune_command(
                                    "into windows). Longer is slower, quadratically in attention."),
     doc_stride: int = typer.Option(None, help="QA: overlap in tokens between consecutive context windows "
                                    "(default: a quarter of --max-length); must be below max-length minus the question."),
-    batch_size: int = typer.Option(32, help="Examples per optimizer step; lower it if memory runs out."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per optimizer step. Default: 16 below 10,000 "
+                                             "training examples (small sets need the extra steps), else 32. Lower it "
+                                             "if memory runs out."),
     epochs: float = typer.Option(3.0, help="Passes over the training data (2-4 suits most tasks)."),
     max_steps: int = typer.Option(None, help="Stop after this many optimizer steps, if before --epochs."),
     lr: float = typer.Option(None, help="Peak learning rate. Default: 5e-5 full, 5e-4 lora/adapter, 1e-3 adalora, "
@@ -754,7 +781,7 @@ def finetune_command(
     share = 100 * r.trainable_parameters / r.total_parameters
     typer.echo(f"trainable parameters: {r.trainable_parameters:,} of {r.total_parameters:,} ({share:.2f}%)")
     if r.best:
-        from .train.metrics_report import format_report
+        from .tasks.report import format_report
 
         typer.echo(format_report(r.best))
     stopped = " (stopped early)" if r.stopped_early else ""
@@ -773,20 +800,19 @@ def evaluate_command(
                                    "length)."),
     batch_size: int = typer.Option(64, help="Examples per forward pass; lower it if memory runs out."),
     base: Path = typer.Option(None, help="PEFT checkpoints: where their base checkpoint is now, if it moved."),
+    long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
 ):
     """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1."""
-    from .train.evaluate_artifact import evaluate_artifact, is_artifact
+    from .runtime.evaluate import evaluate_artifact, is_artifact
+    from .tasks.report import format_report
 
     if is_artifact(model):
-        from .train.metrics_report import format_report
-
-        report = evaluate_artifact(model, data)
+        report = evaluate_artifact(model, data, long=long.value)
     else:
         from .train.evaluate import evaluate_dir
-        from .train.metrics_report import format_report
 
         report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride, batch_size=batch_size,
-                              base=base)
+                              base=base, long=long.value)
     typer.echo(format_report(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
@@ -805,7 +831,7 @@ def zeroshot_command(
     json_out: Path = typer.Option(None, "--json", help="Write predictions (and the report) as JSON here."),
 ):
     """Classify without training: fill a cloze prompt and read the masked-LM head through a verbalizer."""
-    from .train.metrics_report import format_report
+    from .tasks.report import format_report
     from .train.zeroshot import zeroshot
 
     result = zeroshot(model, data, template, verbalizer, max_length=max_length)

@@ -150,7 +150,7 @@ def run_demo(out: Path, dry_run: bool = False, force: bool = False, log=None) ->
                           limit=sizes.bench_limit, peers=sizes.peers, skip_refused=True)
         doc = run_bench(arts, [test_file, short_file], out / "bench", cfg, reference=str(out / "finetuned"),
                         log=log)
-        summary["bench"] = [{k: r.get(k) for k in ("workload", "variant", "status", "accuracy", "agreement")}
+        summary["bench"] = [{k: r.get(k) for k in ("workload", "variant", "status", "metric", "score", "agreement")}
                             | {"p50_ms": (r.get("latency_ms") or {}).get("p50"),
                                "seq_per_s": {b: t["seq_per_s"] for b, t in (r.get("throughput") or {}).items()}}
                             for r in doc["rows"]]

@@ -4,7 +4,8 @@ Formats are those fine-tuning reads (``bertrt.data.tasks``): classify JSONL/CSV/
 ner CoNLL/JSONL, qa SQuAD v1.1; labels are optional (without them the task metric is not measured). A ``.txt``
 file of one text per line serves embed, classify and ner. A file of another task is refused by name.
 
-Batches keep the file's order and are padded on the right to their longest row, so every gate sees mixed lengths.
+Inputs are encoded, windowed and decoded by ``bertrt.tasks`` exactly as the runtime does it; batches keep the
+file's order and are padded on the right to their longest row, so every gate sees mixed lengths.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.errors import EvalDataError
+from bertrt.tasks import LABELLED_TASKS, SEQUENCE_TASKS
+from bertrt.tasks.encode import Encoded, TextEncoder, join_words, word_spans
+from bertrt.tasks.predict import in_order
 
 from . import sample
 
@@ -25,16 +29,39 @@ class Example:
     text: str | None = None  # the text; the question for qa
     text_pair: str | None = None  # the second segment; the context for qa
     words: list[str] | None = None  # ner input
-    label: int | None = None  # classify gold id
-    tags: list[int] | None = None  # ner gold ids, one per word
-    answer: tuple[int, int] | None = None  # qa gold character span in the context
+    label: str | list[str] | None = None  # classify gold label; multilabel the labels that apply
+    tags: list[str] | None = None  # ner gold tags, one per word
+    answers: list[str] | None = None  # qa gold answers
+    spans: tuple | None = None  # relation: (head, tail) character spans of the text
+
+    def pair(self) -> tuple[str, str | None]:
+        """What the runtime is given: (text, pair), (words joined by spaces, None) or (question, context)."""
+        if self.spans is not None:
+            return self.text, self.spans
+        return (join_words(self.words)[0], None) if self.words is not None else (self.text, self.text_pair)
+
+    def gold(self):
+        if self.words is not None:
+            return join_words(self.words, self.tags)[1]
+        return self.label if self.answers is None else self.answers
+
+
+@dataclass
+class EvalSet:
+    """The encoded inputs every batch of one gate run points into, and their gold answers (None: unlabelled)."""
+
+    task: str
+    labels: list[str]
+    encs: list[Encoded]
+    gold: list | None
+    options: dict | None = None  # decoding settings (bertrt.tasks.predict.decode_options)
 
 
 @dataclass
 class Batch:
     feeds: dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids: (B, T) int64, right-padded
-    gold: np.ndarray | None = None  # classify (B,), ner (B, T) with -100 where unlabelled, qa (B, 2) with -1
-    extra: dict = field(default_factory=dict)
+    rows: list[tuple[int, int]] = field(default_factory=list)  # (input, window) of each row, in ``data.encs``
+    data: EvalSet | None = None
 
 
 def _kind(row) -> str:
@@ -42,6 +69,8 @@ def _kind(row) -> str:
         return "unknown"
     if "tokens" in row or "words" in row:
         return "ner"
+    if "head" in row and "tail" in row:
+        return "relation"
     if "question" in row and "context" in row:
         return "qa"
     if "data" in row:
@@ -82,40 +111,45 @@ def read_examples(path: str | None, task: str, labels: list[str], max_samples: i
     if not p.is_file():
         raise EvalDataError(f"evaluation data not found: {p}")
     if p.suffix.lower() == ".txt":
-        if task == "qa":
-            raise EvalDataError(f"{p}: qa evaluation data needs questions and contexts (SQuAD v1.1 JSON), not text "
-                                "lines")
+        if task in ("qa", "relation"):
+            raise EvalDataError(f"{p}: {task} evaluation data needs its structure (SQuAD v1.1 JSON; JSONL with "
+                                "text, head, tail), not text lines")
         lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()][:max_samples]
         if not lines:
             raise EvalDataError(f"{p} holds no text")
         return [Example(words=x.split()) if task == "ner" else Example(text=x) for x in lines]
     want = "classify" if task == "embed" else task
     kind = _sniff(p)
-    if kind != want:
+    if kind != want and not (want == "multilabel" and kind == "classify"):
         raise EvalDataError(f"{p} holds {kind} data but the model's task is {task}; pass evaluation data of the "
                             f"{task} task (the formats `bertrt finetune` reads)")
     rows = read_task(p, want, require_labels=False)[:max_samples]
-    if task in ("classify", "ner"):
+    if task in LABELLED_TASKS:
         check_labels(task, rows, labels, p)
-    if want == "classify":
-        index = {name: i for i, name in enumerate(labels)}
+    if want in SEQUENCE_TASKS:
         return [Example(text=r.text, text_pair=r.text_pair,
-                        label=index[r.label] if task == "classify" and r.label is not None else None) for r in rows]
+                        label={"classify": r.label, "multilabel": r.labels}.get(task)) for r in rows]
     if want == "ner":
-        index = {name: i for i, name in enumerate(labels)}
-        return [Example(words=list(r.tokens), tags=[index[t] for t in r.tags] if r.tags else None) for r in rows]
-    return [Example(text=r.question, text_pair=r.context,
-                    answer=(r.answers[0][1], r.answers[0][1] + len(r.answers[0][0])) if r.answers else None)
-            for r in rows]
+        return [Example(words=list(r.tokens), tags=r.tags) for r in rows]
+    if want == "relation":
+        return [Example(text=r.text, spans=(r.head, r.tail), label=r.label) for r in rows]
+    return [Example(text=r.question, text_pair=r.context, answers=[a[0] for a in r.answers] or None) for r in rows]
 
 
 def builtin_examples(task: str) -> list[Example]:
     """The built-in English sample shaped for ``task``: half single texts, half pairs for classify."""
     if task == "qa":
-        return [Example(text=q, text_pair=c, answer=(c.index(a), c.index(a) + len(a))) for q, c, a in sample.QA]
+        return [Example(text=q, text_pair=c, answers=[a]) for q, c, a in sample.QA]
     if task == "ner":
         return [Example(words=t.split()) for t in sample.TEXTS]
-    if task == "classify":
+    if task == "relation":  # the first and the last word of each text as head and tail
+        out = []
+        for t in sample.TEXTS:
+            spans = word_spans(t)
+            if len(spans) > 1:
+                out.append(Example(text=t, spans=(spans[0], spans[-1])))
+        return out
+    if task in SEQUENCE_TASKS:
         pairs = sample.sentence_pairs()
         singles = sample.TEXTS[: len(sample.TEXTS) // 2]
         mixed = []
@@ -128,62 +162,11 @@ def builtin_examples(task: str) -> list[Example]:
     return [Example(text=t) for t in sample.TEXTS]
 
 
-def _tokenizer_for(tokenizer, task: str, max_length: int):
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(tokenizer.to_str())
-    tok.no_padding()
-    tok.enable_truncation(max_length, strategy="only_second" if task == "qa" else "longest_first")
-    return tok
-
-
-def encode(examples: list[Example], tokenizer, task: str, max_length: int, batch_size: int,
-           pad_id: int = 0) -> list[Batch]:
-    """Tokenize and pad (right) in batches of ``batch_size``, keeping order; gold labels aligned to tokens."""
-    tok = _tokenizer_for(tokenizer, task, max_length)
-    batches = []
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s:s + batch_size]
-        if task == "ner":
-            encs = tok.encode_batch([e.words for e in chunk], is_pretokenized=True)
-        else:
-            encs = tok.encode_batch([(e.text, e.text_pair) if e.text_pair else e.text for e in chunk])
-        T = max(len(e.ids) for e in encs)
-        ids = np.full((len(encs), T), pad_id, dtype=np.int64)
-        mask, types = np.zeros_like(ids), np.zeros_like(ids)
-        for i, e in enumerate(encs):
-            n = len(e.ids)
-            ids[i, :n], mask[i, :n], types[i, :n] = e.ids, 1, e.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        batches.append(Batch(feeds, _gold(chunk, encs, task, T)))
-    return batches
-
-
-def _gold(chunk: list[Example], encs, task: str, T: int) -> np.ndarray | None:
-    if task == "classify":
-        if any(e.label is None for e in chunk):
-            return None
-        return np.array([e.label for e in chunk], dtype=np.int64)
-    if task == "ner":
-        if any(e.tags is None for e in chunk):
-            return None
-        gold = np.full((len(chunk), T), -100, dtype=np.int64)
-        for i, (ex, enc) in enumerate(zip(chunk, encs)):
-            seen = set()
-            for t, w in enumerate(enc.word_ids):
-                if w is not None and w not in seen:  # the first piece of each word carries its tag
-                    seen.add(w)
-                    gold[i, t] = ex.tags[w]
-        return gold
-    if task == "qa":
-        if any(e.answer is None for e in chunk):
-            return None
-        gold = np.full((len(chunk), 2), -1, dtype=np.int64)
-        for i, (ex, enc) in enumerate(zip(chunk, encs)):
-            a, b = ex.answer
-            toks = [t for t, (sid, (o0, o1)) in enumerate(zip(enc.sequence_ids, enc.offsets))
-                    if sid == 1 and o1 > a and o0 < b]
-            if toks:  # an answer truncated away stays -1 and is not scored
-                gold[i] = toks[0], toks[-1]
-        return gold
-    return None
+def encode(examples: list[Example], tokenizer, task: str, max_length: int, batch_size: int, pad_id: int = 0,
+           labels: list[str] | None = None, stride: int | None = None, options: dict | None = None) -> list[Batch]:
+    """Encode as the runtime does (qa contexts and ner texts windowed) and cut the rows, in order, into batches
+    of ``batch_size`` padded on the right to their longest row; every batch points at the shared ``EvalSet``."""
+    encs = TextEncoder(tokenizer, task, max_length, stride).encode([e.pair() for e in examples])
+    gold = [e.gold() for e in examples]
+    data = EvalSet(task, list(labels or []), encs, None if any(g is None for g in gold) else gold, options)
+    return [Batch(feeds, rows, data) for rows, feeds in in_order(encs, pad_id, batch_size)]

@@ -64,7 +64,7 @@ def resolve_task(checkpoint_task: str, requested: str | None) -> str:
     """The artifact task for a checkpoint of ``checkpoint_task``: classify/ner/qa export as they are; the bare
     encoder (and any encoder, when asked) exports ``embed``; a head the checkpoint lacks is an error naming the fix."""
     if requested is None:
-        if checkpoint_task in ("classify", "ner", "qa", "embed"):
+        if checkpoint_task in TASK_OUTPUTS:
             return checkpoint_task
         if checkpoint_task == "base":
             return "embed"

@@ -13,12 +13,15 @@ import numpy as np
 
 from bertrt.artifact import TASK_OUTPUTS
 from bertrt.errors import ExportError
+from bertrt.tasks import metrics as M
+from bertrt.tasks.decode import decisions, ner_tags
+from bertrt.tasks.predict import decode_batches, outputs_by_input
 
 from .config import ParityConfig
 from .evaldata import Batch
 
-MAX_ANSWER_TOKENS = 30
-METRIC_NAMES = {"classify": "accuracy", "ner": "token accuracy", "qa": "exact span match"}
+METRIC_NAMES = {"classify": "accuracy", "multilabel": "micro F1", "relation": "relation F1", "ner": "entity F1",
+                "qa": "SQuAD F1"}
 
 
 def torch_outputs(model, batches: list[Batch], progress=None) -> list[dict[str, np.ndarray]]:
@@ -101,37 +104,24 @@ def tensor_stats(task: str, ref: list[dict], out: list[dict], batches: list[Batc
     return stats
 
 
-def best_spans(start: np.ndarray, end: np.ndarray, batch: Batch) -> np.ndarray:
-    """(B, 2) best (start, end) token span with start <= end < start + 30, inside the second segment if any."""
-    mask = batch.feeds["attention_mask"].astype(bool)
-    ctx = mask & (batch.feeds["token_type_ids"] == 1)
-    allowed = np.where(ctx.any(1, keepdims=True), ctx, mask)
-    spans = np.zeros((len(start), 2), dtype=np.int64)
-    T = start.shape[1]
-    band = np.triu(np.ones((T, T), dtype=bool)) & ~np.triu(np.ones((T, T), dtype=bool), MAX_ANSWER_TOKENS)
-    for i in range(len(start)):
-        s = np.where(allowed[i], start[i], -np.inf)
-        e = np.where(allowed[i], end[i], -np.inf)
-        score = np.where(band, s[:, None] + e[None, :], -np.inf)
-        spans[i] = np.unravel_index(np.argmax(score), score.shape)
-    return spans
+def _labels(data, outs: list[dict]) -> list[str]:
+    """The model's label names, or names by index for a bare model (tests build batches without labels)."""
+    width = outs[0]["logits"].shape[-1] if "logits" in outs[0] else 0
+    return data.labels or [f"LABEL_{i}" for i in range(width)]
 
 
-def decisions(task: str, outs: list[dict], batches: list[Batch]) -> list[np.ndarray]:
-    """Per batch: the predicted label per row (classify), per real token (ner), span per row (qa)."""
-    res = []
-    for o, b in zip(outs, batches):
-        if task == "classify":
-            res.append(o["logits"].argmax(-1))
-        elif task == "ner":
-            res.append(np.where(b.feeds["attention_mask"].astype(bool), o["logits"].argmax(-1), -1))
-        elif task == "qa":
-            res.append(best_spans(o["start_logits"], o["end_logits"], b))
-    return res
+def answers(task: str, outs: list[dict], batches: list[Batch]) -> tuple[list[int], list[dict]]:
+    """(input indices, answers) for the inputs whose every window is in ``batches``: decoded by ``bertrt.tasks``
+    exactly as the runtime and checkpoint evaluation decode them."""
+    data = batches[0].data
+    got = decode_batches(task, data.encs, [(b.rows, b.feeds) for b in batches], outs, _labels(data, outs),
+                         data.options)
+    kept = [i for i, a in enumerate(got) if a is not None]
+    return kept, [got[i] for i in kept]
 
 
 def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch], tie: float = 1e-4) -> float:
-    """Fraction of decisions the variant shares with the reference (rows, real tokens or spans).
+    """Fraction of decisions the variant shares with the reference: labels, words' tags, answer spans.
 
     embed: each text's nearest neighbour among the others. The variant agrees when the neighbour it picks is, by the
     reference's own similarities, the best one or within ``tie`` of it: neighbours closer than the cosine error the
@@ -147,39 +137,30 @@ def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch],
         rows = np.arange(len(s_ref))
         picked = s_ref[rows, s_out.argmax(1)]
         return float(np.mean(picked >= s_ref.max(1) - tie))
-    agree = total = 0
-    for dr, dv, b in zip(decisions(task, ref, batches), decisions(task, out, batches), batches):
-        if task == "ner":
-            m = b.feeds["attention_mask"].astype(bool)
-            agree += int(np.sum((dr == dv) & m))
-            total += int(m.sum())
-        elif task == "qa":
-            agree += int(np.sum(np.all(dr == dv, axis=1)))
-            total += len(dr)
-        else:
-            agree += int(np.sum(dr == dv))
-            total += len(dr)
-    return agree / max(total, 1)
+    if task == "ner":  # each word's own tag (an entity's boundary words would count a changed tag twice)
+        data = batches[0].data
+        labels = _labels(data, ref)
+        parts = [(b.rows, b.feeds) for b in batches]
+        pairs = [(ner_tags(r, e, labels)[0], ner_tags(v, e, labels)[0]) for r, v, e in
+                 zip(outputs_by_input(task, data.encs, parts, ref), outputs_by_input(task, data.encs, parts, out),
+                     data.encs) if r is not None]
+    else:
+        kept, a_ref = answers(task, ref, batches)
+        _, a_out = answers(task, out, batches)
+        encs = batches[0].data.encs
+        pairs = [(decisions(task, r, encs[i]), decisions(task, v, encs[i])) for i, r, v in zip(kept, a_ref, a_out)]
+    agree = sum(x == y for dr, dv in pairs for x, y in zip(dr, dv))
+    return agree / max(sum(len(dr) for dr, _ in pairs), 1)
 
 
 def task_metric(task: str, outs: list[dict], batches: list[Batch]) -> float | None:
-    """The task metric in percent against the gold labels, or None without labels."""
-    if task == "embed" or any(b.gold is None for b in batches):
+    """The task's main metric (a fraction) against the gold answers, or None without them."""
+    data = batches[0].data
+    if task == "embed" or data.gold is None:
         return None
-    hit = total = 0
-    for d, b in zip(decisions(task, outs, batches), batches):
-        if task == "classify":
-            hit += int(np.sum(d == b.gold))
-            total += len(d)
-        elif task == "ner":
-            m = b.gold != -100
-            hit += int(np.sum((d == b.gold) & m))
-            total += int(m.sum())
-        else:
-            m = b.gold[:, 0] >= 0
-            hit += int(np.sum(np.all(d == b.gold, axis=1) & m))
-            total += int(m.sum())
-    return 100.0 * hit / max(total, 1)
+    kept, got = answers(task, outs, batches)
+    report = M.report(task, got, [data.gold[i] for i in kept], _labels(data, outs), [data.encs[i] for i in kept])
+    return M.main_metric(report)[1]
 
 
 # ------------------------------------------------------------------------------------------------ the gates
@@ -210,7 +191,7 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
         gates["task"] = {"passed": True, "value": None,
                          "rule": "not measured: no labelled --eval data (decision agreement stands in)"}
     else:
-        drop = ref_metric - metric
+        drop = 100 * (ref_metric - metric)  # points, as --max-drop is given
         gates["task"] = {"passed": bool(drop <= cfg.max_drop), "value": round(drop, 4), "reference": ref_metric,
                          "variant": metric, "metric": METRIC_NAMES[task],
                          "rule": f"{METRIC_NAMES[task]} drop <= {cfg.max_drop:g} points"}
@@ -219,12 +200,20 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
             "passed": bool(all(g["passed"] for g in gates.values()))}
 
 
-def failures(report: dict) -> str:
-    """The failed gates of a report as one readable clause, with the numbers."""
+def format_gates(report: dict, failed_only: bool = False, rules: str | None = None, sep: str = ", ") -> str:
+    """A gate report's gates as one line, each ``name value``; ``rules``: "needs" or "rule" adds each gate's rule in
+    parentheses ("needs" for failures); ``failed_only``: the failed gates alone. Every gate printout uses this."""
     parts = []
     for name, g in report["gates"].items():
-        if not g["passed"]:
-            v = g["value"]
-            shown = f"{v:.4g}" if isinstance(v, float) else str(v)
-            parts.append(f"{name} {shown} (needs {g['rule']})")
-    return "; ".join(parts)
+        if failed_only and g["passed"]:
+            continue
+        v = g["value"]
+        shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        rule = "" if rules is None else f" ({'needs ' if rules == 'needs' else ''}{g['rule']})"
+        parts.append(f"{name} {shown}{rule}")
+    return sep.join(parts)
+
+
+def failures(report: dict) -> str:
+    """The failed gates of a report as one readable clause, with the numbers."""
+    return format_gates(report, failed_only=True, rules="needs", sep="; ")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from bertrt.artifact import INPUT_NAMES, TASK_OUTPUTS, load_manifest, sha256_file, write_artifact
 from bertrt.atomic import check_writable
+from bertrt.checkpoint import finetune_record
+from bertrt.tasks.predict import decode_options
 from bertrt.errors import ArtifactError, ExportError, ParityError
 
 from .config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
@@ -54,12 +56,13 @@ def load_for_export(checkpoint: Path, cfg: ExportConfig):
     return model, tokenizer
 
 
-def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None):
+def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None, stride=None, options=None):
     task = model.config.task
     examples = read_examples(path, task, model.config.labels, max_samples or pcfg.max_samples)
     pad = tokenizer.token_to_id("[PAD]")
     return encode(examples, tokenizer, task, max_length, pcfg.batch_size,
-                  pad_id=model.config.pad_token_id if pad is None else pad)
+                  pad_id=model.config.pad_token_id if pad is None else pad, labels=model.config.labels, stride=stride,
+                  options=options)
 
 
 def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, export: ExportConfig | None = None,
@@ -87,14 +90,19 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
     from .export import export_onnx
     from .fallback import quantize_with_gates
     from .optimize import optimize as run_optimize
-    from .parity import check, failures, onnx_outputs, torch_outputs
+    from .parity import check, failures, format_gates, onnx_outputs, torch_outputs
 
     model, tokenizer = load_for_export(checkpoint, export)
     mcfg, task = model.config, model.config.task
-    max_length = export.max_length or mcfg.max_position_embeddings
+    trained = finetune_record(checkpoint)
+    # the length and stride the model was fine-tuned with: the artifact then encodes as training and evaluation did
+    max_length = export.max_length or trained.get("max_length") or mcfg.max_position_embeddings
     if max_length > mcfg.max_position_embeddings:
         raise ExportError(f"max_length {max_length} exceeds the model's {mcfg.max_position_embeddings} positions")
-    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity)
+    stride = trained.get("doc_stride") if task in ("qa", "ner") else None
+    thresholds = trained.get("thresholds") if task == "multilabel" else None
+    batches = _batches(parity.eval_path, model, tokenizer, max_length, parity, stride=stride,
+                       options=decode_options({"normalize": mcfg.normalize, "thresholds": thresholds}))
     calib = None
     if quantize.mode == "static":
         src = calib_path or parity.eval_path
@@ -150,13 +158,15 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         gate_reports["final"] = final_report
         if precision == "fp32" and parity.device != "cpu":
             gate_reports["final"] = evaluate(current, "fp32")
-        log(f"gates passed: {_summary(final_report)}")
+        log(f"gates passed: {format_gates(final_report)}")
 
         tok_dir = work / "tokenizer"
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
         pruned = len(set(mcfg.num_heads)) > 1 or len(set(mcfg.ffn_sizes)) > 1
         manifest = {
-            "task": task, "labels": list(mcfg.labels), "max_length": max_length, "inputs": list(INPUT_NAMES),
+                "task": task, "labels": list(mcfg.labels), "max_length": max_length, "doc_stride": stride,
+            "thresholds": thresholds,
+            "inputs": list(INPUT_NAMES),
             "outputs": list(TASK_OUTPUTS[task]),
             "pooling": mcfg.pooling if task == "embed" else None,
             "normalize": bool(mcfg.normalize) if task == "embed" else False,
@@ -200,14 +210,6 @@ def _bertrt_version() -> str:
     return __version__
 
 
-def _summary(report: dict) -> str:
-    parts = []
-    for name, g in report["gates"].items():
-        v = g["value"]
-        parts.append(f"{name} {'-' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}")
-    return ", ".join(parts)
-
-
 def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, checkpoint: str | None = None,
                     parity: ParityConfig | None = None, log=_stderr, progress: bool = True) -> dict:
     """Re-check an artifact: sha256 of every file, then its gates against the PyTorch reference checkpoint.
@@ -217,7 +219,7 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     """
     from bertrt.tokenizer import load_tokenizer
 
-    from .parity import check, failures, onnx_outputs, torch_outputs
+    from .parity import check, failures, format_gates, onnx_outputs, torch_outputs
 
     artifact = Path(artifact)
     manifest = load_manifest(artifact, verify=True)
@@ -235,7 +237,8 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     ecfg = ExportConfig(task=manifest["task"], pooling=manifest.get("pooling"), normalize=manifest.get("normalize"))
     model, _ = load_for_export(ckpt, ecfg)
     tokenizer = load_tokenizer(artifact / "tokenizer.json")
-    batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg)
+    batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg,
+                       stride=manifest.get("doc_stride"), options=decode_options(manifest))
     ref = torch_outputs(model, batches, progress)
     prec = manifest["precision"]
     report = check(manifest["task"], "fp32" if prec == "fp32" else ("fp16" if prec == "fp16" else "int8"), ref,
@@ -244,5 +247,5 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     if not report["passed"]:
         raise ParityError(f"{artifact} fails its parity gates on {pcfg.eval_path or 'the built-in sample'}: "
                           f"{failures(report)}", report)
-    log(f"gates passed: {_summary(report)}")
+    log(f"gates passed: {format_gates(report)}")
     return report

@@ -66,23 +66,31 @@ def pair_rows(n, seed):
     return rows
 
 
-def ner_rows(n, seed):
-    """People (one word) and cities (one word, or 'new york') among filler."""
+def ner_rows(n, seed, punct=False):
+    """People (one word) and cities (one word, or 'new york') among filler. ``punct``: as in social-media text,
+    some words carry punctuation the tokenizer splits off ('@john', "mary's", '#alpha'; the marks are [UNK] tokens
+    of the word-level vocabulary); the whitespace word is what the tag belongs to."""
     rng = random.Random(seed)
+
+    def attach(word, person):
+        if not punct or rng.random() < 0.5:
+            return word
+        return rng.choice(["@" + word, word + "'s"] if person else ["#" + word, word + "'s"])
+
     rows = []
     for _ in range(n):
         tokens, tags = [], []
         for _ in range(rng.randint(4, 9)):
             r = rng.random()
             if r < 0.2:
-                tokens.append(rng.choice(PEOPLE)), tags.append("B-PER")
+                tokens.append(attach(rng.choice(PEOPLE), True)), tags.append("B-PER")
             elif r < 0.3:
                 tokens += ["new", "york"]
                 tags += ["B-LOC", "I-LOC"]
             elif r < 0.4:
                 tokens.append(rng.choice(CITIES)), tags.append("B-LOC")
             else:
-                tokens.append(rng.choice(FILLER + ["new"])), tags.append("O")
+                tokens.append(attach(rng.choice(FILLER + ["new"]), False)), tags.append("O")
         rows.append({"tokens": tokens, "tags": tags})
     return rows
 
@@ -101,6 +109,42 @@ def squad(n, seed, long_every=0):
         qas_by_para.append({"context": context, "qas": [{"id": f"q{i}", "question": "what color ?",
                                                            "answers": [{"text": words[pos], "answer_start": start}]}]})
     return json.dumps({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": qas_by_para}]})
+
+
+def train_tiny(d, task, rows, epochs, lr=2e-3):
+    """A fresh tiny base fine-tuned for ``task`` on ``rows(600, 1)`` with ``rows(80, 2)`` held out for evaluation:
+    {"dir", "base", "eval", "result"}."""
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    base = make_base(d / "base")
+    train, ev = write_jsonl(d / "train.jsonl", rows(600, 1)), write_jsonl(d / "eval.jsonl", rows(80, 2))
+    r = finetune(train, d / "ckpt", base, FinetuneConfig(task, max_length=32, lr=lr, epochs=epochs, progress=False),
+                 eval_path=ev)
+    return {"dir": d, "base": base, "eval": ev, "result": r}
+
+
+def export_tiny(trained: dict) -> dict:
+    """Export ``train_tiny``'s checkpoint to its dir/art (fp32, unfused) gated on its eval data; the manifest."""
+    from bertrt.converters.config import OptimizeConfig, ParityConfig
+    from bertrt.converters.pipeline import export_artifact
+
+    pytest.importorskip("onnxruntime")
+    d = trained["dir"]
+    return export_artifact(d / "ckpt", d / "art", optimize=OptimizeConfig(enabled=False),
+                           parity=ParityConfig(eval_path=str(trained["eval"])), log=lambda _: None, progress=False)
+
+
+def refuses_bad_eval_row(d, task, rows, bad, message):
+    """Fine-tuning with one bad row in --eval stops with one DataError matching ``message``, writing nothing."""
+    from bertrt.errors import DataError
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    base = make_base(d / "base")
+    train = write_jsonl(d / "train.jsonl", rows(40, 1))
+    ev = write_jsonl(d / "eval.jsonl", rows(5, 2) + [bad])
+    with pytest.raises(DataError, match=message):
+        finetune(train, d / "out", base, FinetuneConfig(task, max_length=32, progress=False), eval_path=ev)
+    assert not (d / "out").exists()
 
 
 @pytest.fixture(scope="module", autouse=True)

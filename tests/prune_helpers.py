@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bertrt.model import Bert, BertConfig
+from bertrt.tasks.encode import IGNORE_INDEX
 
 LABELS = ["business", "sport", "tech"]
 
@@ -35,7 +36,7 @@ def batches(n_batches=4, batch_size=8, T=12, seed=1, task="classify") -> list[di
         if task == "classify":
             b["labels"] = torch.randint(0, len(LABELS), (batch_size,), generator=g)
         elif task == "ner":
-            b["labels"] = torch.where(am.bool(), torch.randint(0, len(LABELS), (batch_size, T), generator=g), -100)
+            b["labels"] = torch.where(am.bool(), torch.randint(0, len(LABELS), (batch_size, T), generator=g), IGNORE_INDEX)
         elif task == "qa":
             b["start_positions"] = torch.randint(0, T // 2, (batch_size,), generator=g)
             b["end_positions"] = b["start_positions"] + 1

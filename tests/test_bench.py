@@ -17,7 +17,7 @@ from bertrt.bench.run import BenchConfig, run_bench  # noqa: E402
 from bertrt.bench.schema import SCHEMA  # noqa: E402
 from bertrt.errors import BenchGateError, BertrtError, OutputExistsError  # noqa: E402
 
-from .test_export_fixtures import make_checkpoint, tiny_model, tiny_tokenizer  # noqa: E402
+from .test_export_fixtures import make_checkpoint, perturbed_model, tiny_tokenizer  # noqa: E402
 
 QUIET = dict(log=lambda m: None, progress=False)
 FAST = dict(batch_sizes=[1, 4], repeats=1, latency_n=6, progress=False)
@@ -27,7 +27,7 @@ FAST = dict(batch_sizes=[1, 4], repeats=1, latency_n=6, progress=False)
 def setup(tmp_path_factory):
     """A tiny classifier, labelled data (its own predictions with every 7th label changed: 85.7% accuracy), its
     fp32 artifact, and an artifact exported from the same model with perturbed weights."""
-    from bertrt.bench.gate import reference_predictions
+    from bertrt.bench.gate import Workload, reference_answers
     from bertrt.checkpoint import save_checkpoint
     from bertrt.converters import sample
     from bertrt.converters.config import ParityConfig
@@ -36,23 +36,19 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     ckpt = make_checkpoint(root, "classify", std=0.3)  # wide weights: all three labels get predicted
     texts = sample.TEXTS[:70]
-    preds, labels = reference_predictions(ckpt, texts, 128)
+    answers, _, labels = reference_answers(ckpt, Workload("x", "classify", texts, None),
+                                           {"task": "classify", "max_length": 128})
+    preds = [a["label"] for a in answers]
     gold = [p if i % 7 else labels[(labels.index(p) + 1) % 3] for i, p in enumerate(preds)]
     data = root / "news.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold)))
 
-    perturbed = tiny_model("classify", std=0.3)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for p in perturbed.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=g) * 0.09)
-    bad_ckpt = save_checkpoint(perturbed, root / "ckpt-perturbed", tokenizer=tiny_tokenizer())
+    bad_ckpt = save_checkpoint(perturbed_model("classify"), root / "ckpt-perturbed", tokenizer=tiny_tokenizer())
     good = root / "good"
     export_artifact(ckpt, good, parity=ParityConfig(eval_path=str(data)), **QUIET)
     bad = root / "perturbed"
     export_artifact(bad_ckpt, bad, parity=ParityConfig(eval_path=str(data)), **QUIET)  # faithful to ITS source
-    return {"root": root, "ckpt": ckpt, "data": data, "good": good, "bad": bad, "gold_accuracy": 100 * 60 / 70}
+    return {"root": root, "ckpt": ckpt, "data": data, "good": good, "bad": bad, "gold_accuracy": 60 / 70}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +67,7 @@ def test_an_artifact_that_disagrees_with_the_reference_is_refused_before_any_tim
     assert "perturbed" in str(e.value) and "agreement" in str(e.value) and "< 100%" in str(e.value)
     (refusal,) = e.value.refusals  # the faithful artifact passed; only the perturbed one is refused
     assert refusal["artifact"].endswith("perturbed")
-    assert 0.0 < refusal["agreement"] < 100.0 and refusal["gate"]["min_agreement"] == 1.0
+    assert 0.0 < refusal["agreement"] < 1.0 and refusal["gate"]["min_agreement"] == 1.0
     assert not out.exists()  # nothing was timed or written
 
 
@@ -81,10 +77,10 @@ def test_skip_refused_reports_the_refusal_with_its_numbers_and_times_the_rest(se
                                                                                            **FAST),
                     reference=str(setup["ckpt"]), log=lambda m: None)
     good, bad = doc["rows"]
-    assert bad["status"] == "refused" and bad["agreement"] < 100.0 and "agreement" in bad["reason"]
+    assert bad["status"] == "refused" and bad["agreement"] < 1.0 and "agreement" in bad["reason"]
     assert "throughput" not in bad and "latency_ms" not in bad
-    assert good["status"] == "timed" and good["agreement"] == 100.0
-    assert good["accuracy"] == pytest.approx(setup["gold_accuracy"], abs=1e-3)
+    assert good["status"] == "timed" and good["agreement"] == 1.0
+    assert good["metric"] == "accuracy" and good["score"] == pytest.approx(setup["gold_accuracy"], abs=1e-6)
     jsonschema.validate(json.loads((out / "bench.json").read_text()), SCHEMA)
 
 
@@ -110,7 +106,7 @@ def test_bench_json_follows_the_schema_and_holds_consistent_numbers(setup, timed
         assert 0 < r["tokenize_ms"]["p50"] < lat["p50"]  # tokenization is part of the batch-1 latency
         assert r["size_mb"] > 0 and r["threads"] >= 1 and r["max_length"] == 128 and r["examples"] == 70
         assert r["cpu"] and r["versions"]["onnxruntime"] and r["versions"]["torch"]
-    assert peer["variant"].startswith("ONNX Runtime plain export fp32") and peer["agreement"] == 100.0
+    assert peer["variant"].startswith("ONNX Runtime plain export fp32") and peer["agreement"] == 1.0
     assert peer["vs_best_peer"]["throughput_ratio"] == 1.0 and peer["vs_best_peer"]["p50_ratio"] == 1.0
     expected = ours["throughput"]["4"]["seq_per_s"] / peer["throughput"]["4"]["seq_per_s"]
     assert ours["vs_best_peer"]["throughput_ratio"] == pytest.approx(expected, rel=1e-2)
@@ -219,7 +215,7 @@ def test_throughput_turns_take_the_workload_shortest_first():
         def predict(self, texts, b):
             seen.append(list(texts))
 
-    t = R._Timer({"workload": {"name": "w", "texts": ["ccc", "a", "bb", "dddd"], "gold": ["x"] * 4}})
+    t = R._Timer({"workload": {"name": "w", "task": "classify", "texts": ["ccc", "a", "bb", "dddd"], "gold": ["x"] * 4}})
     t.p = P()
     t.throughput(2, 0, 2)
     t.throughput(2, 2, 4)

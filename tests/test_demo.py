@@ -55,9 +55,9 @@ def test_dry_run_outputs_have_the_expected_shape(demo):
     rows = {(r["workload"], r["variant"]): r for r in bench["rows"]}
     for wl in ("test", "short"):
         fp32 = rows[(wl, "bertrt fp32 fused (fp32)")]
-        assert fp32["status"] == "timed" and fp32["agreement"] == 100.0  # the artifact = the fine-tuned checkpoint
-        assert rows[(wl, "PyTorch eager fp32")]["agreement"] == 100.0  # the peer loads the same weights
-        assert fp32["accuracy"] == rows[(wl, "PyTorch eager fp32")]["accuracy"]
+        assert fp32["status"] == "timed" and fp32["agreement"] == 1.0  # the artifact = the fine-tuned checkpoint
+        assert rows[(wl, "PyTorch eager fp32")]["agreement"] == 1.0  # the peer loads the same weights
+        assert fp32["score"] == rows[(wl, "PyTorch eager fp32")]["score"]
     assert len(bench["rows"]) == 10  # 3 artifacts + 2 peers, on 2 workloads
 
 

@@ -205,11 +205,11 @@ def test_labelled_eval_data_measures_the_task_metric_and_verify_reruns_the_gates
     m = export_artifact(ckpts["classify"], tmp_path / "art", quantize=QuantizeConfig(mode="dynamic"),
                         parity=ParityConfig(eval_path=str(data)), **QUIET)
     task = m["parity"]["final"]["gates"]["task"]
-    assert task["reference"] == pytest.approx(90.0) and task["metric"] == "accuracy"
+    assert task["reference"] == pytest.approx(0.9) and task["metric"] == "accuracy"
     assert task["value"] <= 0.5 and task["passed"]
 
     report = verify_artifact(tmp_path / "art", eval_path=str(data), **QUIET)
-    assert report["passed"] and report["gates"]["task"]["reference"] == pytest.approx(90.0)
+    assert report["passed"] and report["gates"]["task"]["reference"] == pytest.approx(0.9)
     r = _cli("verify", artifact)
     assert r.returncode == 0 and '"passed": true' in r.stdout
 

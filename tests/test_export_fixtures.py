@@ -47,6 +47,18 @@ def tiny_model(task: str, seed: int = 0, layers: int = 2, heads=None, ffn=None, 
     return model
 
 
+def perturbed_model(task: str, scale: float = 0.09) -> Bert:
+    """``tiny_model(task, std=0.3)`` with noise on every weight matrix: an artifact of it disagrees with the
+    unperturbed checkpoint (the negative control of the bench gates)."""
+    model = tiny_model(task, std=0.3)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
 def make_checkpoint(root: Path, task: str, name: str | None = None, **kw) -> Path:
     path = root / (name or f"ckpt-{task}")
     save_checkpoint(tiny_model(task, **kw), path, tokenizer=tiny_tokenizer())

@@ -242,3 +242,15 @@ def test_runtime_keeps_the_split_layer_norms_that_onnx_runtime_would_fuse_back(e
         counts[name] = op_counts(tmp_path / f"{name}.onnx")
     assert counts["defaults"]["SkipLayerNormalization"] == 2 * L  # why the runtime turns that fusion off
     assert counts["bertrt"]["SkipLayerNormalization"] == 0 and counts["bertrt"]["LayerNormalization"] == 2 * L
+
+
+def test_one_gate_formatter_serves_every_printout():
+    from bertrt.converters.parity import failures, format_gates
+
+    report = {"gates": {"tensor": {"passed": True, "value": 5.96e-08, "rule": "max abs <= 0.0001"},
+                        "decision": {"passed": False, "value": 0.9875, "rule": "agreement >= 99.00%"},
+                        "task": {"passed": True, "value": None, "rule": "not measured"}}}
+    assert format_gates(report) == "tensor 5.96e-08, decision 0.9875, task -"  # the export log
+    assert failures(report) == "decision 0.9875 (needs agreement >= 99.00%)"  # refusals
+    assert format_gates(report, rules="rule", sep="; ") == (  # bertrt export's summary
+        "tensor 5.96e-08 (max abs <= 0.0001); decision 0.9875 (agreement >= 99.00%); task - (not measured)")

@@ -9,7 +9,7 @@ import pytest
 
 from bertrt.errors import DeviceError, InputError
 from bertrt.runtime import Runtime
-from bertrt.runtime.encode import PAD_MULTIPLE, TextEncoder, padded_length, plan_batches
+from bertrt.tasks.encode import PAD_MULTIPLE, TextEncoder, padded_length, plan_batches
 
 TEXTS = [
     "hello",
@@ -61,8 +61,8 @@ def test_batch_invariance(tiny_artifact, task):
     for a, b, c in zip(alone, together, bucketed):
         assert_same(a, b)
         assert_same(a, c)
-    # truncation is flagged on exactly the inputs that were cut
-    long_ones = {5} if task != "qa" else {1, 4}
+    # truncation is flagged on exactly the inputs that were cut: ner texts and qa contexts are windowed instead
+    long_ones = {"classify": {5}, "embed": {5}, "ner": set(), "qa": {4}}[task]
     assert {i for i, r in enumerate(together) if r.get("truncated")} == long_ones
     if task == "classify":
         assert set(together[0]) == {"label", "score", "scores"}
@@ -142,7 +142,7 @@ def test_truncation_flag_at_the_boundary(tiny_artifact):
 def test_prefix_tokenization_is_exact(tiny_artifact):
     """Long single texts are tokenized from a whitespace-cut prefix; every field must equal the full encoding."""
     path = tiny_artifact("ner") / "tokenizer.json"
-    fast, full = TextEncoder(path, "ner", 16), TextEncoder(path, "ner", 16)
+    fast, full = TextEncoder(path, "classify", 16), TextEncoder(path, "classify", 16)
     full._prefix_chars = None
     assert fast._prefix_chars == 16 * 8
     rng = np.random.default_rng(0)
@@ -155,10 +155,11 @@ def test_prefix_tokenization_is_exact(tiny_artifact):
               "北京上海" * 60,  # CJK without spaces
               "fox " * 31 + "fox"]  # exactly at the character limit
     assert sum(len(t) > 16 * 8 for t in texts) > 150
-    got, want = fast.encode(texts), full.encode(texts)
+    got, want = fast.encode([(t, None) for t in texts]), full.encode([(t, None) for t in texts])
     for t, a, b in zip(texts, got, want):
-        assert (a.ids, a.type_ids, a.offsets, a.word_ids, a.sequence_ids, a.truncated, a.source) == \
-            (b.ids, b.type_ids, b.offsets, b.word_ids, b.sequence_ids, b.truncated, b.source), t[:60]
+        (x,), (y,) = a.windows, b.windows
+        assert (x.ids, x.type_ids, x.offsets, x.sequence_ids, a.truncated, a.source) == \
+            (y.ids, y.type_ids, y.offsets, y.sequence_ids, b.truncated, b.source), t[:60]
 
 
 def test_prefix_tokenization_only_for_bert_pre_tokenizers(tiny_artifact, tmp_path):
@@ -173,7 +174,7 @@ def test_prefix_tokenization_only_for_bert_pre_tokenizers(tiny_artifact, tmp_pat
 def test_encoding_offsets_are_character_offsets(tiny_artifact):
     rt = Runtime(tiny_artifact("ner"), device="cpu", threads=1)
     text = "北京 😀 Zürich"
-    e = rt.encode([text])[0]
+    e = rt.encode([text])[0].windows[0]
     pieces = [text[a:b] for (a, b), s in zip(e.offsets, e.sequence_ids) if s == 0]
     assert pieces[:3] == ["北", "京", "😀"]  # one code point each, in Python string indices
     assert "".join(pieces[3:]) == "Zürich"  # word pieces map back to the original (cased, accented) characters

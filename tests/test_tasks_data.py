@@ -95,7 +95,7 @@ def test_conll_and_jsonl_ner(tmp_path, tok):
     assert f[1]["input_ids"] == [tok.token_to_id(t) for t in ["[CLS]", "cat", "##s", "[SEP]"]]
     assert f[1]["labels"] == [IGNORE_INDEX, 0, IGNORE_INDEX, IGNORE_INDEX]
     assert f[0]["labels"] == [IGNORE_INDEX, 3, 0, 0, 1, 2, IGNORE_INDEX]
-    assert f[0]["word_ids"] == [None, 0, 1, 2, 3, 4, None]
+    assert [x["example_index"] for x in f] == [0, 1]
 
 
 def test_conll_with_extra_columns_uses_first_and_last(tmp_path):

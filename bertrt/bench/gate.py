@@ -1,12 +1,16 @@
-"""Correctness before speed: the reference's predictions, and the gate every variant must pass to be timed.
+"""Correctness before speed: the reference's answers, and the gate every variant must pass to be timed.
 
-The reference is a checkpoint run by bertrt's PyTorch model in fp32. A variant's gate depends on what it is:
+The reference is a checkpoint run by bertrt's PyTorch model in fp32, encoded, batched and decoded by
+``bertrt.tasks`` exactly as the artifact is. Every task is gated by its own metric (``bertrt.tasks.metrics``):
+accuracy (classify), micro F1 (multilabel), entity F1 (ner), SQuAD F1 (qa); embeddings by cosine to the reference.
+A variant's gate depends on what it is:
 
-- fp32, unpruned: every decision must agree with the reference (agreement 100%);
+- fp32, unpruned: every decision must agree with the reference (agreement 100%; embed: every cosine >= 0.9999);
 - quantized or fp16: agreement at least ``min_agreement`` (the artifact's own parity setting, 99% by default);
-- pruned: a smaller model, so no agreement floor; its accuracy must hold instead;
+- pruned: a smaller model, so no agreement floor; its metric must hold instead;
 
-and for all: accuracy at most ``max_drop`` points below the reference's (the artifact's setting, 0.5 by default).
+and for all: the metric at most ``max_drop`` points below the reference's (the artifact's setting, 0.5 by default).
+Scores and agreement are fractions; messages and bench.md show percent.
 """
 
 from __future__ import annotations
@@ -18,88 +22,132 @@ import numpy as np
 
 from ..errors import DataError
 
+METRICS = {"classify": "accuracy", "multilabel": "micro F1", "relation": "relation F1", "ner": "entity F1",
+           "qa": "SQuAD F1", "embed": "cosine"}
+
 
 @dataclass
 class Workload:
     name: str
-    texts: list[str]
-    gold: list[str]
+    task: str
+    texts: list  # the inputs as users send them: strings, {"text", "text_pair"}, {"question", "context"}, ...
+    gold: list | None  # what the task's metric scores against (None: embed)
 
 
-def read_workload(path: str | Path, limit: int | None = None) -> Workload:
-    """Labelled single-text classify data (JSONL/CSV/TSV with text and label), named after the file."""
-    from ..data.tasks import read_task
+def read_workload(path: str | Path, task: str = "classify", limit: int | None = None) -> Workload:
+    """Labelled data of ``task`` (the formats fine-tuning reads; embed: classify data or one text per line),
+    named after the file."""
+    from ..data import tasks as T
 
-    examples = read_task(path, "classify")
-    if examples[0].text_pair is not None:
-        raise DataError(f"{path}: bench times single texts; sentence-pair data is not supported yet")
+    path = Path(path)
+    if task == "embed" and path.suffix.lower() == ".txt":
+        lines = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if not lines:
+            raise DataError(f"{path} holds no text")
+        return Workload(path.stem, task, lines[:limit] if limit else lines, None)
+    examples = T.read_task(path, "classify" if task == "embed" else task, require_labels=task != "embed")
     examples = examples[:limit] if limit else examples
-    return Workload(Path(path).stem, [e.text for e in examples], [e.label for e in examples])
+    pairs, gold = T.inputs_and_gold("classify" if task == "embed" else task, examples)
+    if task == "qa":
+        items = [{"question": q, "context": c} for q, c in pairs]
+    elif task == "relation":
+        items = [{"text": t, "head": list(spans[0]), "tail": list(spans[1])} for t, spans in pairs]
+    else:
+        items = [a if b is None else {"text": a, "text_pair": b} for a, b in pairs]
+    return Workload(path.stem, task, items, None if task == "embed" else gold)
 
 
-def reference_predictions(checkpoint: str | Path, texts: list[str], max_length: int,
-                          batch_size: int = 32) -> tuple[list[str], list[str]]:
-    """(predicted label per text, the checkpoint's label names) from bertrt's PyTorch model in fp32."""
-    import torch
-
+def reference_answers(checkpoint: str | Path, w: Workload, manifest: dict, batch_size: int = 32):
+    """(answers, encoded inputs) of bertrt's PyTorch fp32 model on ``w``, encoded and decoded as the artifact of
+    ``manifest`` encodes and decodes (its max length, window stride, pooling, thresholds; ``long`` as the bench
+    runs the artifact)."""
     from ..checkpoint import load_checkpoint
-    from ..data.tasks import prepare_tokenizer
+    from ..runtime.encode import parse_input
+    from ..runtime.runtime import encoder_for
+    from ..tasks.predict import decode_options, predict
     from ..tokenizer import load_tokenizer
+    from ..train.evaluate import torch_forward
 
-    model = load_checkpoint(checkpoint, task="classify")
-    tok = prepare_tokenizer(load_tokenizer(checkpoint), max_length)
-    pad = tok.token_to_id("[PAD]")
-    pad = model.config.pad_token_id if pad is None else pad
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(texts), batch_size):
-            encs = tok.encode_batch(texts[s:s + batch_size])
-            T = max(len(e.ids) for e in encs)
-            ids = np.full((len(encs), T), pad, dtype=np.int64)
-            mask, types = np.zeros_like(ids), np.zeros_like(ids)
-            for i, e in enumerate(encs):
-                ids[i, :len(e.ids)], mask[i, :len(e.ids)], types[i, :len(e.ids)] = e.ids, 1, e.type_ids
-            logits = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types))["logits"]
-            out += logits.argmax(-1).tolist()
+    task, max_length = manifest["task"], int(manifest["max_length"])
+    model = load_checkpoint(checkpoint, task=task)
+    if task == "embed":  # the artifact's pooling, as export applied it
+        model.config.pooling = manifest.get("pooling") or model.config.pooling
+        model.config.normalize = bool(manifest.get("normalize"))
+    encoder = encoder_for(manifest, load_tokenizer(checkpoint), manifest.get("long") or "truncate")
+    encs = encoder.encode([parse_input(x, task) for x in w.texts])
     labels = list(model.config.labels)
-    return [labels[i] for i in out], labels
+    answers = predict(task, encs, torch_forward(model), labels, encoder.pad_id, max_length,
+                      batch_size * max_length, batch_size, decode_options(manifest))
+    return answers, encs, labels
 
 
 @dataclass
 class Gate:
     min_agreement: float | None  # fraction in (0, 1]; None: no agreement floor (pruned models)
-    max_drop: float  # accuracy points below the reference
+    max_drop: float  # metric points below the reference
+    min_cosine: float = 0.9999  # embed: the cosine to the reference a vector must reach to count as agreeing
 
     @classmethod
     def for_manifest(cls, manifest: dict, min_agreement: float | None = None,
                      max_drop: float | None = None) -> "Gate":
         stored = (manifest.get("parity") or {}).get("config") or {}
         drop = max_drop if max_drop is not None else float(stored.get("max_drop", 0.5))
+        exact = manifest.get("precision") == "fp32" and not manifest.get("pruning")
+        cosine = float(stored.get("min_cosine_fp32" if exact else "min_cosine_quantized", 0.9999 if exact else 0.99))
         if manifest.get("pruning"):
-            return cls(None, drop)
+            return cls(None, drop, cosine)
         if manifest.get("precision") == "fp32":
-            return cls(1.0, drop)
-        return cls(min_agreement if min_agreement is not None else float(stored.get("min_agreement", 0.99)), drop)
+            return cls(1.0, drop, cosine)
+        return cls(min_agreement if min_agreement is not None else float(stored.get("min_agreement", 0.99)), drop,
+                   cosine)
 
 
-def accuracy(preds: list[str], gold: list[str]) -> float:
-    return 100.0 * sum(p == g for p, g in zip(preds, gold)) / len(gold)
+def score(w: Workload, answers: list[dict], encs=None, labels: list[str] | None = None) -> float:
+    """The workload's task metric of ``answers`` (a fraction)."""
+    from ..tasks import metrics as M
+
+    if w.task in ("classify", "multilabel", "relation"):
+        key = {"classify": "label", "multilabel": "labels", "relation": "relation"}[w.task]
+        labels = sorted({x for g in w.gold for x in ([g] if w.task != "multilabel" else g)} |
+                        {x for a in answers for x in ([a[key]] if w.task != "multilabel" else a[key])})
+    return M.main_metric(M.report(w.task, answers, w.gold, labels or [], encs))[1]
 
 
-def check(preds: list[str], reference: list[str], gold: list[str], gate: Gate | None) -> dict:
-    """Agreement with the reference (%), accuracy (%), drop (points) and, with a gate, whether it passes and why."""
-    agreement = 100.0 * sum(p == r for p, r in zip(preds, reference)) / len(reference)
-    acc, ref_acc = accuracy(preds, gold), accuracy(reference, gold)
-    result = {"agreement": round(agreement, 3), "accuracy": round(acc, 3), "drop": round(ref_acc - acc, 3),
-              "reference_accuracy": round(ref_acc, 3), "examples": len(gold)}
+def _cosines(answers: list[dict], reference: list[dict]) -> np.ndarray:
+    a = np.array([x["embedding"] for x in answers], dtype=np.float64)
+    r = np.array([x["embedding"] for x in reference], dtype=np.float64)
+    return np.sum(a * r, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1) + 1e-12)
+
+
+def check(answers: list[dict], reference: list[dict], w: Workload, gate: Gate | None, encs=None) -> dict:
+    """Agreement with the reference, the task metric of both and the drop (points); with a gate, whether it passes
+    and why. ``encs``: the encoded inputs (ner reads its words from them)."""
+    from ..tasks.decode import decisions
+
+    if w.task == "embed":
+        cos = _cosines(answers, reference)
+        floor = gate.min_cosine if gate is not None else 0.9999
+        agreement, value, ref_value, drop = float(np.mean(cos >= floor)), float(cos.mean()), 1.0, None
+    else:
+        units = [(x == y) for i, (a, r) in enumerate(zip(answers, reference))
+                 for x, y in zip(decisions(w.task, a, encs[i] if encs else None),
+                                 decisions(w.task, r, encs[i] if encs else None))]
+        agreement = sum(units) / max(len(units), 1)
+        value, ref_value = score(w, answers, encs), score(w, reference, encs)
+        drop = round(100 * (ref_value - value), 3)
+    result = {"metric": METRICS[w.task], "score": round(value, 6), "reference_score": round(ref_value, 6),
+              "agreement": round(agreement, 6), "drop": drop, "examples": len(w.texts)}
     if gate is None:
         return result
     problems = []
-    if gate.min_agreement is not None and agreement < 100.0 * gate.min_agreement - 1e-9:
-        problems.append(f"agreement {agreement:.2f}% < {100 * gate.min_agreement:g}%")
-    if ref_acc - acc > gate.max_drop + 1e-9:
-        problems.append(f"accuracy {acc:.2f}% is {ref_acc - acc:.2f} pt below the reference's {ref_acc:.2f}% "
-                        f"(gate {gate.max_drop:g} pt)")
+    if gate.min_agreement is not None and agreement < gate.min_agreement - 1e-9:
+        what = f"texts within cosine {gate.min_cosine:g} of the reference" if w.task == "embed" else "agreement"
+        problems.append(f"{what} {100 * agreement:.2f}% < {100 * gate.min_agreement:g}%")
+    if drop is not None and drop > gate.max_drop + 1e-9:
+        problems.append(f"{METRICS[w.task]} {100 * value:.2f}% is {drop:.2f} pt below the reference's "
+                        f"{100 * ref_value:.2f}% (gate {gate.max_drop:g} pt)")
+    if w.task == "embed" and gate.min_agreement is None and value < gate.min_cosine:
+        problems.append(f"mean cosine {value:.4f} < {gate.min_cosine:g}")
     result["gate"] = {"min_agreement": gate.min_agreement, "max_drop": gate.max_drop, "passed": not problems,
                       "problems": problems}
     return result

@@ -12,9 +12,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 
-from ..runtime.encode import padded_length, plan_batches
+from ..tasks.encode import pad_rows, padded_length, plan_batches
 
 PEERS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8")
 NAMES = {"torch-fp32": "PyTorch eager fp32", "torch-bf16": "PyTorch bf16 autocast",
@@ -40,26 +39,28 @@ class _Peer:
         pad = self.tok.convert_tokens_to_ids("[PAD]")
         self.pad_id = pad if isinstance(pad, int) and pad >= 0 else 0
 
-    def tokenize(self, texts: list[str]):
-        return self.tok(texts, truncation=True, max_length=self.max_length, return_token_type_ids=True)
+    def tokenize(self, texts: list):
+        if all(isinstance(t, str) for t in texts):
+            return self.tok(texts, truncation=True, max_length=self.max_length, return_token_type_ids=True)
+        pairs = [(t, None) if isinstance(t, str) else (t["text"], t.get("text_pair")) for t in texts]
+        if any(b is None for _, b in pairs):
+            raise ValueError("a workload mixes single texts and pairs")
+        return self.tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=self.max_length,
+                        return_token_type_ids=True)
 
     def _batches(self, texts: list[str], batch_size: int):
         enc = self.tokenize(texts)
         ids, types = enc["input_ids"], enc["token_type_ids"]
         for batch in plan_batches([len(x) for x in ids], batch_size * self.max_length, batch_size, self.max_length):
             T = padded_length(max(len(ids[i]) for i in batch), self.max_length)
-            a = np.full((len(batch), T), self.pad_id, dtype=np.int64)  # (B, T)
-            m, t = np.zeros_like(a), np.zeros_like(a)
-            for row, i in enumerate(batch):
-                n = len(ids[i])
-                a[row, :n], m[row, :n], t[row, :n] = ids[i], 1, types[i]
-            yield batch, {"input_ids": a, "attention_mask": m, "token_type_ids": t}
+            yield batch, pad_rows([ids[i] for i in batch], [types[i] for i in batch], self.pad_id, T)
 
-    def predict(self, texts: list[str], batch_size: int) -> list[str]:
+    def predict(self, texts: list, batch_size: int) -> list[dict]:
+        """{"label"} per text (the decision the bench gate compares; a peer's own scores are not needed)."""
         out: list = [None] * len(texts)
         for batch, feeds in self._batches(texts, batch_size):
             for i, k in zip(batch, self._logits(feeds).argmax(-1).tolist()):
-                out[i] = self.labels[k]
+                out[i] = {"label": self.labels[k]}
         return out
 
 

@@ -12,6 +12,11 @@ def _f(v, digits=1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _pct(v) -> str:
+    """A fraction shown in percent (bench.json keeps fractions)."""
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
 def caption(doc: dict) -> str:
     m, s = doc["machine"], doc["settings"]
     v = m["versions"]
@@ -28,17 +33,18 @@ def caption(doc: dict) -> str:
 
 def markdown(doc: dict) -> str:
     sizes = doc["settings"]["batch_sizes"]
-    head = (["workload", "variant", "accuracy %", "agreement %", "p50 ms", "p90 ms", "p99 ms", "tokenize ms"]
+    metric = next((r["metric"] for r in doc["rows"] if r.get("metric")), "accuracy")
+    head = (["workload", "variant", f"{metric} %", "agreement %", "p50 ms", "p90 ms", "p99 ms", "tokenize ms"]
             + [f"seq/s @{b}" for b in sizes] + ["peak MB", "size MB", f"× best peer seq/s @{sizes[-1]}",
                                                  "× best peer p50"])
     lines = [caption(doc), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in doc["rows"]:
         if r["status"] != "timed":
-            cells = [r["workload"], r["variant"], _f(r.get("accuracy"), 2), _f(r.get("agreement"), 2),
+            cells = [r["workload"], r["variant"], _pct(r.get("score")), _pct(r.get("agreement")),
                      f"{r['status']}: {r['reason']}"] + [""] * (len(head) - 5)
         else:
             vs = r.get("vs_best_peer") or {}
-            cells = ([r["workload"], r["variant"], _f(r["accuracy"], 2), _f(r["agreement"], 2)]
+            cells = ([r["workload"], r["variant"], _pct(r["score"]), _pct(r["agreement"])]
                      + [_f(r["latency_ms"][k], 2) for k in ("p50", "p90", "p99")]
                      + [_f(r["tokenize_ms"]["p50"], 2)]
                      + [_f(r["throughput"][str(b)]["seq_per_s"]) for b in sizes]
@@ -90,11 +96,11 @@ def _latency_panel(ax, rows, sizes):
 def _accuracy_panel(ax, rows, sizes):
     key = str(sizes[-1])
     for r in rows:
-        ax.scatter(r["throughput"][key]["seq_per_s"], r["accuracy"], marker="o" if r["kind"] == "bertrt" else "s")
-        ax.annotate(r["variant"], (r["throughput"][key]["seq_per_s"], r["accuracy"]), fontsize=6,
+        ax.scatter(r["throughput"][key]["seq_per_s"], 100 * r["score"], marker="o" if r["kind"] == "bertrt" else "s")
+        ax.annotate(r["variant"], (r["throughput"][key]["seq_per_s"], 100 * r["score"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"sequences/s at batch {sizes[-1]}")
-    ax.set_ylabel("accuracy %")
+    ax.set_ylabel(f"{rows[0].get('metric', 'accuracy')} %" if rows else "task metric %")
 
 
 def write_report(doc: dict, out: Path) -> None:

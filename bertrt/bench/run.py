@@ -46,6 +46,7 @@ class BenchConfig:
     skip_refused: bool = False  # report refused artifacts as rows instead of stopping
     progress: bool = True
     isolate: bool = True  # each variant in its own process
+    long: str = "truncate"  # classify / embed inputs past the max length: "truncate" or "chunks" (as Runtime)
 
     def __post_init__(self):
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -71,20 +72,26 @@ def _reference_for(manifest: dict, reference: str | None, where: Path) -> Path:
 
 
 class _References:
-    """Reference predictions, computed once per (checkpoint, max_length, workload)."""
+    """Reference answers and encoded inputs, computed once per (checkpoint, encoding settings, workload)."""
 
     def __init__(self):
         self.cache: dict = {}
 
-    def get(self, checkpoint: Path, max_length: int, w: G.Workload) -> list[str]:
-        key = (str(checkpoint.resolve()), max_length, w.name)
+    def get(self, checkpoint: Path, manifest: dict, w: G.Workload) -> tuple[list[dict], list]:
+        settings = {k: manifest.get(k) for k in ("task", "max_length", "doc_stride", "thresholds", "pooling",
+                                                 "normalize", "long")}
+        key = (str(checkpoint.resolve()), json.dumps(settings, sort_keys=True), w.name)
         if key not in self.cache:
-            preds, labels = G.reference_predictions(checkpoint, w.texts, max_length)
-            unknown = sorted(set(w.gold) - set(labels))
-            if unknown:
-                raise BertrtError(f"workload {w.name} has labels {unknown} that {checkpoint} does not know "
-                                  f"({labels}); bench it with data of the model's own task")
-            self.cache[key] = preds
+            answers, encs, labels = G.reference_answers(checkpoint, w, settings)
+            if w.task in ("classify", "multilabel", "ner", "relation"):
+                used = {x for g in w.gold for x in ([g] if w.task in ("classify", "relation") else g)}
+                known = set(labels) | ({"O"} | {f"I-{x[2:]}" for x in labels if x[:2] == "B-"}
+                                       if w.task == "ner" else set())
+                unknown = sorted(used - known)
+                if unknown:
+                    raise BertrtError(f"workload {w.name} has labels {unknown} that {checkpoint} does not know "
+                                      f"({labels}); bench it with data of the model's own task")
+            self.cache[key] = answers, encs
         return self.cache[key]
 
 
@@ -112,9 +119,13 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     threads = cfg.threads or default_threads()
     machine = describe(threads)
     manifests = {Path(a): load_manifest(a) for a in artifacts}
+    tasks = {m["task"] for m in manifests.values()} or {"classify"}
+    if len(tasks) > 1:
+        raise BertrtError(f"bench one task at a time: the artifacts are {', '.join(sorted(tasks))} models")
+    task = tasks.pop()
     lengths = {int(m["max_length"]) for m in manifests.values()}
     max_length = max(lengths) if lengths else 128
-    workloads = [G.read_workload(d, cfg.limit) for d in data]
+    workloads = [G.read_workload(d, task, cfg.limit) for d in data]
     refs = _References()
     plan = []  # (workload, artifact path, gate result) of everything that passed
     rows, refusals = [], []
@@ -129,10 +140,10 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     for w in workloads:
         for path, manifest in manifests.items():
             ref_ckpt = _reference_for(manifest, reference, path)
-            ref = refs.get(ref_ckpt, int(manifest["max_length"]), w)
-            p = ArtifactPredictor(path, threads)
-            result = G.check(p.predict(w.texts, cfg.batch_sizes[-1]), ref, w.gold,
-                             G.Gate.for_manifest(manifest, cfg.min_agreement, cfg.max_drop))
+            ref, encs = refs.get(ref_ckpt, manifest | {"long": cfg.long}, w)
+            p = ArtifactPredictor(path, threads, long=cfg.long)
+            result = G.check(p.predict(w.texts, cfg.batch_sizes[-1]), ref, w,
+                             G.Gate.for_manifest(manifest, cfg.min_agreement, cfg.max_drop), encs)
             del p
             if result["gate"]["passed"]:
                 plan.append((w, path, result))
@@ -140,7 +151,7 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
             reason = f"refused: {'; '.join(result['gate']['problems'])} (reference {ref_ckpt})"
             refusals.append({"artifact": str(path), "workload": w.name, **result})
             rows.append(base_row(w, f"bertrt {path.name}", "bertrt", manifest.get("precision", "?"), path)
-                        | {k: result[k] for k in ("accuracy", "agreement", "drop")}
+                        | {k: result[k] for k in ("metric", "score", "agreement", "drop")}
                         | {"gate": result["gate"], "status": "refused", "reason": reason})
     if refusals and not cfg.skip_refused:
         lines = [f"{r['artifact']} on {r['workload']}: {'; '.join(r['gate']['problems'])}" for r in refusals]
@@ -150,16 +161,21 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
         f"{len(refusals)} refused (reported, not timed); timing the rest")
 
     peers = (cfg.peers if cfg.peers is not None else list(_peer_keys())) if reference else []
+    if peers and task != "classify":  # the peers are transformers sequence classifiers
+        log(f"peers time classify models only; this bench of {task} artifacts runs without them")
+        peers = []
+    peer_manifest = {"task": "classify", "max_length": max_length}
     with tempfile.TemporaryDirectory(prefix="bertrt-bench-") as tmp:
         for w in workloads:
             jobs = [{"kind": "bertrt", "what": str(path), "result": result, "ref": None}
                     for ww, path, result in plan if ww is w]
-            jobs += [{"kind": "peer", "what": key, "result": None, "ref": refs.get(Path(reference), max_length, w)}
-                     for key in peers]
+            jobs += [{"kind": "peer", "what": key, "result": None,
+                      "ref": refs.get(Path(reference), peer_manifest, w)[0]} for key in peers]
             for job in jobs:
-                job |= {"workload": {"name": w.name, "texts": w.texts, "gold": w.gold}, "reference": reference,
+                job |= {"workload": {"name": w.name, "task": w.task, "texts": w.texts, "gold": w.gold},
+                        "reference": reference,
                         "max_length": max_length, "threads": threads, "work": tmp, "batch_sizes": cfg.batch_sizes,
-                        "latency_n": cfg.latency_n}
+                        "latency_n": cfg.latency_n, "long": cfg.long}
             for job, row in zip(jobs, _time_interleaved(jobs, cfg, Path(tmp), w.name)):
                 rows.append(base_row(w, row.pop("name"), job["kind"], row.pop("precision"),
                                      job["what"] if job["kind"] == "bertrt" else None) | row)
@@ -168,10 +184,11 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
     loads = [w.name for w in workloads]
     rows.sort(key=lambda r: (loads.index(r["workload"]), order.get(r["artifact"] or r["variant"], 0)))
     _ratios(rows, cfg.batch_sizes[-1])
-    doc = {"format": 1, "machine": machine,
+    doc = {"format": 2, "machine": machine, "task": task,
            "settings": {"batch_sizes": cfg.batch_sizes, "repeats": cfg.repeats, "latency_n": cfg.latency_n,
                         "reference": str(reference) if reference else None, "peers": peers,
-                        "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop, "isolate": cfg.isolate},
+                        "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop, "isolate": cfg.isolate,
+                        "long": cfg.long},
            "workloads": [{"name": w.name, "path": str(d), "examples": len(w.texts), "max_length": max_length}
                          for w, d in zip(workloads, data)],
            "rows": rows}
@@ -255,14 +272,14 @@ class _Timer:
     def __init__(self, job: dict):
         self.job, self.p = job, None
         self.w = G.Workload(**job["workload"])
-        self.by_length = sorted(self.w.texts, key=len)  # throughput turns: shortest first, as one bucketed pass
+        self.by_length = sorted(self.w.texts, key=_chars)  # throughput turns: shortest first, as one bucketed pass
 
     def start(self) -> dict:
         job, w = self.job, self.w
         if job["kind"] == "bertrt":
             from .variants import ArtifactPredictor
 
-            factory = lambda: ArtifactPredictor(job["what"], job["threads"])  # noqa: E731
+            factory = lambda: ArtifactPredictor(job["what"], job["threads"], long=job["long"])  # noqa: E731
         else:
             from .peers import NAMES, PRECISION, make_peer
 
@@ -281,10 +298,11 @@ class _Timer:
             return {"name": NAMES[job["what"]], "precision": PRECISION[job["what"]], "status": "failed",
                     "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
         # peers have no gate: report how they agree with the reference
-        result = job["result"] if job["result"] is not None else G.check(preds, job["ref"], w.gold, None)
+        result = job["result"] if job["result"] is not None else G.check(preds, job["ref"], w, None)
         warm_up(self.p, w.texts[:job["latency_n"]], w.texts, job["batch_sizes"])
         return {"name": self.p.name, "precision": self.p.precision, "status": "timed", "reason": None,
-                "accuracy": result["accuracy"], "agreement": result["agreement"], "drop": result["drop"],
+                "metric": result["metric"], "score": result["score"], "agreement": result["agreement"],
+                "drop": result["drop"],
                 "gate": result.get("gate"), "peak_mb": mem.delta_mb, "size_mb": self.p.size_mb}
 
     def latency(self, lo: int, hi: int) -> dict:
@@ -370,6 +388,11 @@ def _worker(spec: str) -> None:
             reply = {"error": f"{type(e).__name__}: {e}"}
         answers.write(json.dumps(reply) + "\n")
         answers.flush()
+
+
+def _chars(item) -> int:
+    """An input's length in characters (texts, or the fields of a pair / question and context)."""
+    return len(item) if isinstance(item, str) else sum(len(v or "") for v in item.values())
 
 
 def _peer_keys():

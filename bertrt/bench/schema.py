@@ -26,7 +26,8 @@ _ROW = {
         "kind": {"enum": ["bertrt", "peer"]}, "precision": {"type": "string"},
         "status": {"enum": ["timed", "refused", "failed"]}, "reason": {"type": ["string", "null"]},
         "artifact": {"type": ["string", "null"]},
-        "accuracy": _NUM_OR_NULL, "agreement": _NUM_OR_NULL, "drop": _NUM_OR_NULL,
+        "metric": {"type": ["string", "null"]}, "score": _NUM_OR_NULL,  # the task metric, a fraction
+        "agreement": _NUM_OR_NULL, "drop": _NUM_OR_NULL,  # agreement a fraction, drop in points
         "gate": {"type": ["object", "null"]},
         "latency_ms": _DIST, "tokenize_ms": _DIST,
         "throughput": {"type": "object", "patternProperties": {"^[0-9]+$": _THROUGHPUT},
@@ -40,7 +41,7 @@ _ROW = {
     },
     # a timed row has every measurement; a refused or failed row says why
     "if": {"properties": {"status": {"const": "timed"}}},
-    "then": {"required": ["accuracy", "agreement", "latency_ms", "tokenize_ms", "throughput", "peak_mb",
+    "then": {"required": ["metric", "score", "agreement", "latency_ms", "tokenize_ms", "throughput", "peak_mb",
                           "size_mb"]},
     "else": {"required": ["reason"], "properties": {"reason": {"type": "string"}}},
 }
@@ -50,7 +51,7 @@ SCHEMA = {
     "type": "object",
     "required": ["format", "machine", "settings", "workloads", "rows"],
     "properties": {
-        "format": {"const": 1},
+        "format": {"const": 2},  # 2: every task, "metric" + "score" (fractions) instead of "accuracy" (percent)
         "machine": {"type": "object", "required": ["cpu", "cores", "threads", "commit", "versions"]},
         "settings": {"type": "object", "required": ["batch_sizes", "repeats", "latency_n", "reference"]},
         "workloads": {"type": "array", "items": {"type": "object", "required": ["name", "path", "examples",

@@ -1,10 +1,9 @@
-"""bertrt artifacts as bench predictors: ``Runtime`` exactly as users call it (torch-free)."""
+"""bertrt artifacts as bench predictors: ``Runtime`` exactly as users call it (torch-free), for every task."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ArtifactError
 
 
 def describe_artifact(manifest: dict) -> str:
@@ -21,14 +20,12 @@ def describe_artifact(manifest: dict) -> str:
 class ArtifactPredictor:
     kind = "bertrt"
 
-    def __init__(self, path: str | Path, threads: int, name: str | None = None):
+    def __init__(self, path: str | Path, threads: int, name: str | None = None, long: str = "truncate"):
         from ..runtime import Runtime
 
         self.path = Path(path)
-        self.rt = Runtime(self.path, device="cpu", threads=threads)
+        self.rt = Runtime(self.path, device="cpu", threads=threads, long=long)
         self.manifest = self.rt.manifest
-        if self.rt.task != "classify":
-            raise ArtifactError(f"{self.path}: bench measures classify artifacts; this one is {self.rt.task}")
         self.name = name or f"bertrt {describe_artifact(self.manifest)} ({self.path.name})"
         self.precision = self.manifest.get("precision", "fp32")
         self.max_length = self.rt.max_length
@@ -37,8 +34,8 @@ class ArtifactPredictor:
     def tokenize(self, texts: list[str]):
         return self.rt.encode(texts)
 
-    def predict(self, texts: list[str], batch_size: int) -> list[str]:
+    def predict(self, texts: list, batch_size: int) -> list[dict]:
         # batches of at most batch_size rows, bucketed by length (the same plan the peers get)
         self.rt.max_batch_size = batch_size
         self.rt.max_batch_tokens = batch_size * self.max_length
-        return [r["label"] for r in self.rt.predict(texts)]
+        return self.rt.predict(texts)

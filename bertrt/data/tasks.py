@@ -18,16 +18,28 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, InputError
+from ..tasks import LABELLED_TASKS, SEQUENCE_TASKS
+from ..tasks.encode import IGNORE_INDEX, TextEncoder, check_spans, join_words, pad_to
 
-TASK_FORMATS = {"classify": "JSONL, CSV or TSV", "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON"}
-IGNORE_INDEX = -100  # label of positions that carry no loss (special tokens, later sub-tokens, padding)
+TASK_FORMATS = {"classify": "JSONL, CSV or TSV", "multilabel": 'JSONL with "text" and a "labels" list',
+                "ner": "CoNLL or JSONL", "qa": "SQuAD v1.1 JSON",
+                "relation": 'JSONL with "text", "head" and "tail" ([start, end] character spans) and "label"'}
 
 
 @dataclass
 class ClassifyExample:
     text: str
     text_pair: str | None = None
+    label: str | None = None
+    labels: list[str] | None = None  # multilabel: every label that applies (possibly none)
+
+
+@dataclass
+class RelationExample:
+    text: str
+    head: tuple[int, int]
+    tail: tuple[int, int]
     label: str | None = None
 
 
@@ -59,7 +71,8 @@ def read_task(path, task: str, require_labels: bool = True) -> list:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path} is empty; a {task} file needs at least one example ({TASK_FORMATS[task]})")
-    reader = {"classify": _read_classify, "ner": _read_ner, "qa": _read_squad}[task]
+    reader = {"classify": _read_classify, "multilabel": _read_multilabel, "ner": _read_ner, "qa": _read_squad,
+              "relation": _read_relation}[task]
     examples = reader(path, text, require_labels)
     if not examples:
         raise DataError(f"{path} holds no {task} examples; expected {TASK_FORMATS[task]}")
@@ -106,10 +119,46 @@ def _read_classify(path: Path, text: str, require_labels: bool) -> list[Classify
         label = row.get("label")
         out.append(ClassifyExample(str(row["text"]), str(pair) if pair not in (None, "") else None,
                                    str(label) if label not in (None, "") else None))
-    pairs = {e.text_pair is not None for e in out}
-    if len(pairs) > 1:
+    _check_pairs(path, out)
+    return out
+
+
+def _check_pairs(path: Path, examples: list[ClassifyExample]) -> None:
+    if len({e.text_pair is not None for e in examples}) > 1:
         raise DataError(f"{path}: some examples have text_pair and some do not; give every example a text_pair "
                         "(sentence-pair task) or none")
+
+
+def _read_multilabel(path: Path, text: str, require_labels: bool) -> list[ClassifyExample]:
+    out = []
+    for n, row in _json_lines(path, text):
+        labels, pair = row.get("labels"), row.get("text_pair")
+        if not isinstance(row.get("text"), str) or not row["text"]:
+            raise DataError(f"{path}:{n}: missing text; every multilabel example needs text and a labels list")
+        if labels is None and require_labels:
+            raise DataError(f'{path}:{n}: missing "labels"; give the list of labels that apply (or [] for none)')
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)):
+            raise DataError(f'{path}:{n}: "labels" must be a list of label names, got {labels!r}')
+        if labels is not None and len(set(labels)) != len(labels):
+            raise DataError(f"{path}:{n}: a label occurs twice in {labels}; list each label once")
+        out.append(ClassifyExample(row["text"], str(pair) if pair not in (None, "") else None, labels=labels))
+    _check_pairs(path, out)
+    return out
+
+
+def _read_relation(path: Path, text: str, require_labels: bool) -> list[RelationExample]:
+    out = []
+    for n, row in _json_lines(path, text):
+        body, label = row.get("text"), row.get("label")
+        if not isinstance(body, str) or not body:
+            raise DataError(f"{path}:{n}: missing text; every relation example needs text, head, tail and label")
+        problem = check_spans(body, row.get("head"), row.get("tail"))
+        if problem:
+            raise DataError(f"{path}:{n}: {problem}")
+        if require_labels and label in (None, ""):
+            raise DataError(f'{path}:{n}: missing "label" (the relation of head to tail, e.g. "no_relation")')
+        out.append(RelationExample(body, tuple(row["head"]), tuple(row["tail"]),
+                                   str(label) if label not in (None, "") else None))
     return out
 
 
@@ -215,7 +264,13 @@ def _check_answer(path: Path, qid, context: str, ans) -> tuple[str, int]:
 # ------------------------------------------------------------------------------------------------------ labels
 def infer_labels(task: str, examples: list) -> list[str]:
     """Label names from training data: sorted class names (classify) or O then B-/I- of every type (ner)."""
-    if task == "classify":
+    if task == "multilabel":
+        labels = sorted({x for e in examples for x in e.labels or []})
+        if len(labels) < 2:
+            raise DataError(f"the training data uses {len(labels)} label(s) {labels}; multi-label classification "
+                            "needs at least 2")
+        return labels
+    if task in ("classify", "relation"):
         labels = sorted({e.label for e in examples if e.label is not None})
         if len(labels) < 2:
             raise DataError(f"the training data has {len(labels)} label(s) {labels}; classification needs at least 2")
@@ -230,9 +285,11 @@ def infer_labels(task: str, examples: list) -> list[str]:
 
 def check_labels(task: str, examples: list, labels: list[str], source) -> None:
     """Every label in ``examples`` must be one the model knows (e.g. eval labels must occur in training)."""
-    if task not in ("classify", "ner"):
+    if task not in LABELLED_TASKS:
         return
-    seen = {e.label for e in examples} if task == "classify" else {t for e in examples for t in (e.tags or [])}
+    seen = ({e.label for e in examples} if task in ("classify", "relation") else
+            {x for e in examples for x in e.labels or []} if task == "multilabel" else
+            {t for e in examples for t in (e.tags or [])})
     unknown = sorted(seen - set(labels) - {None})
     if unknown:
         raise DataError(f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training data "
@@ -240,95 +297,100 @@ def check_labels(task: str, examples: list, labels: list[str], source) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- encoding
-def prepare_tokenizer(tok, max_length: int):
-    """A copy of ``tok`` that truncates to ``max_length`` and does not pad (``collate`` pads per batch)."""
-    from tokenizers import Tokenizer
+def inputs_and_gold(task: str, examples: list) -> tuple[list[tuple[str, str | None]], list | None]:
+    """What the runtime is given for ``examples`` ((text, pair), (text, None) or (question, context)) and the gold
+    answers ``bertrt.tasks.metrics.report`` scores against (None when any example is unlabelled). NER sentences
+    become their words joined by single spaces, with one tag per word of that text (``join_words``)."""
+    if task in SEQUENCE_TASKS:
+        gold = [e.label if task == "classify" else e.labels for e in examples]
+        return [(e.text, e.text_pair) for e in examples], None if None in gold else gold
+    if task == "relation":
+        gold = [e.label for e in examples]
+        return [(e.text, (e.head, e.tail)) for e in examples], None if None in gold else gold
+    if task == "ner":
+        joined = [join_words(e.tokens, e.tags) for e in examples]
+        gold = [tags for _, tags in joined]
+        return [(text, None) for text, _ in joined], None if None in gold else gold
+    gold = [[a[0] for a in e.answers] for e in examples]
+    return [(e.question, e.context) for e in examples], gold if all(gold) else None
 
-    tok = Tokenizer.from_str(tok.to_str())
-    tok.no_padding()
-    tok.enable_truncation(max_length, strategy="longest_first")
-    return tok
+
+def _encoder(tok, task: str, max_length: int, doc_stride: int | None = None) -> TextEncoder:
+    try:
+        return TextEncoder(tok, task, max_length, doc_stride)
+    except InputError as e:
+        raise DataError(str(e)) from None
 
 
-def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max_length: int) -> list[dict]:
-    tok = prepare_tokenizer(tok, max_length)
+def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max_length: int,
+                    multilabel: bool = False) -> list[dict]:
+    """One feature per example, truncated to ``max_length`` exactly as the runtime truncates. ``labels`` is the
+    class id, or with ``multilabel`` a 0/1 ``targets`` vector over ``labels``."""
     index = {l: i for i, l in enumerate(labels)}
-    if examples and examples[0].text_pair is not None:
-        encs = tok.encode_batch([(e.text, e.text_pair) for e in examples])
-    else:
-        encs = tok.encode_batch([e.text for e in examples])
-    return [{"input_ids": enc.ids, "token_type_ids": enc.type_ids,
-             "labels": index[e.label] if e.label is not None else IGNORE_INDEX}
-            for e, enc in zip(examples, encs)]
-
-
-def encode_ner(examples: list[NerExample], tok, labels: list[str], max_length: int) -> list[dict]:
-    """One feature per sentence; the label sits on each word's first sub-token, later sub-tokens are ignored.
-
-    Words past ``max_length`` tokens are cut off (and predicted as 'O' at evaluation); ``word_ids`` maps tokens back.
-    """
-    tok = prepare_tokenizer(tok, max_length)
-    index = {l: i for i, l in enumerate(labels)}
-    encs = tok.encode_batch([e.tokens for e in examples], is_pretokenized=True)
+    pairs, _ = inputs_and_gold("classify", examples)
+    encs = _encoder(tok, "classify", max_length).encode(pairs)
     out = []
     for e, enc in zip(examples, encs):
-        word_ids, previous, target = enc.word_ids, None, []
-        for w in word_ids:
-            first = w is not None and w != previous
-            target.append(index[e.tags[w]] if first and e.tags is not None else IGNORE_INDEX)
-            previous = w
-        out.append({"input_ids": enc.ids, "token_type_ids": enc.type_ids, "labels": target, "word_ids": word_ids})
+        f = {"input_ids": enc.windows[0].ids, "token_type_ids": enc.windows[0].type_ids}
+        if multilabel:
+            f["targets"] = [float(name in (e.labels or [])) for name in labels]
+        else:
+            f["labels"] = index[e.label] if e.label is not None else IGNORE_INDEX
+        out.append(f)
     return out
 
 
-def encode_qa(examples: list[QaExample], tok, max_length: int, doc_stride: int | None = None,
-              max_query_length: int = 64) -> list[dict]:
-    """``[CLS] question [SEP] context window [SEP]`` features; long contexts become overlapping windows.
+def encode_relation(examples: list[RelationExample], tok, labels: list[str], max_length: int) -> list[dict]:
+    """One feature per example: the text with its entity markers, in the window the runtime would keep."""
+    index = {l: i for i, l in enumerate(labels)}
+    pairs, _ = inputs_and_gold("relation", examples)
+    encs = _encoder(tok, "relation", max_length).encode(pairs)
+    return [{"input_ids": enc.windows[0].ids, "token_type_ids": enc.windows[0].type_ids,
+             "labels": index[e.label] if e.label is not None else IGNORE_INDEX} for e, enc in zip(examples, encs)]
+
+
+def encode_ner(examples: list[NerExample], tok, labels: list[str], max_length: int,
+               doc_stride: int | None = None) -> list[dict]:
+    """One feature per window of each sentence (as the runtime windows it); a word's label sits on its first
+    sub-token, every other position is ignored. Words are the runtime's (``bertrt.tasks.encode.word_spans``)."""
+    index = {l: i for i, l in enumerate(labels)}
+    pairs, _ = inputs_and_gold("ner", examples)
+    encs = _encoder(tok, "ner", max_length, doc_stride).encode(pairs)
+    out = []
+    for i, (e, enc) in enumerate(zip(examples, encs)):
+        tags = join_words(e.tokens, e.tags)[1]
+        for w in enc.windows:
+            target = [IGNORE_INDEX if k is None or tags is None else index[tags[k]] for k in w.word_starts]
+            out.append({"input_ids": w.ids, "token_type_ids": w.type_ids, "labels": target, "example_index": i})
+    return out
+
+
+def encode_qa(examples: list[QaExample], tok, max_length: int, doc_stride: int | None = None) -> list[dict]:
+    """``[CLS] question [SEP] context window [SEP]`` features, windowed exactly as the runtime windows contexts.
 
     ``doc_stride`` is the overlap, in tokens, between consecutive windows (Hugging Face's meaning; default a quarter
-    of ``max_length``, as 128 of 384 in SQuAD practice). The answer's start/end token positions point at [CLS] (0)
-    in a window that does not hold the whole answer. ``offsets`` give
-    each context token's character span in the context (None elsewhere), to map predictions back to text.
+    of ``max_length``). The answer's start/end token positions point at [CLS] (0) in a window that does not hold
+    the whole answer. ``offsets`` give each context token's character span in the context (None elsewhere).
     """
-    doc_stride = max_length // 4 if doc_stride is None else doc_stride
-    tok = prepare_tokenizer(tok, 10 ** 6)
-    tok.no_truncation()
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if cls is None or sep is None:
-        raise DataError("the tokenizer has no [CLS] or [SEP] token; QA needs a BERT WordPiece vocabulary")
-    questions = tok.encode_batch([e.question for e in examples], add_special_tokens=False)
-    contexts = tok.encode_batch([e.context for e in examples], add_special_tokens=False)
+    pairs, _ = inputs_and_gold("qa", examples)
+    encs = _encoder(tok, "qa", max_length, doc_stride).encode(pairs)
     out = []
-    for i, (e, q, c) in enumerate(zip(examples, questions, contexts)):
-        q_ids = q.ids[:max_query_length]
-        room = max_length - len(q_ids) - 3
-        if room <= doc_stride:
-            raise DataError(f"--max-length {max_length} leaves {room} context tokens per window after the question "
-                            f"({len(q_ids)} tokens); it must exceed --doc-stride {doc_stride}: raise --max-length or "
-                            "lower --doc-stride")
-        ans = e.answers[0] if e.answers else None
-        start = 0
-        while True:
-            end = min(start + room, len(c.ids))
-            ids = [cls] + q_ids + [sep] + c.ids[start:end] + [sep]
-            first = len(q_ids) + 2  # position of the window's first context token
-            offsets = [None] * first + [tuple(o) for o in c.offsets[start:end]] + [None]
+    for i, (e, enc) in enumerate(zip(examples, encs)):
+        for w in enc.windows:
+            ctx = [t for t, s in enumerate(w.sequence_ids) if s == 1]
             s_pos = e_pos = 0
-            if ans is not None:
-                a_start, a_end = ans[1], ans[1] + len(ans[0])
-                toks = range(start, end)
-                inside = [j for j in toks if c.offsets[j][1] > a_start and c.offsets[j][0] < a_end]
-                if inside and c.offsets[start][0] <= a_start and (end == len(c.ids) or c.offsets[end][0] >= a_end):
-                    s_pos, e_pos = first + inside[0] - start, first + inside[-1] - start
-            out.append({"input_ids": ids, "token_type_ids": [0] * first + [1] * (end - start + 1),
-                        "start_positions": s_pos, "end_positions": e_pos, "example_index": i, "offsets": offsets})
-            if end >= len(c.ids):
-                break
-            start += room - doc_stride
+            if e.answers and ctx:
+                a_start, a_end = e.answers[0][1], e.answers[0][1] + len(e.answers[0][0])
+                inside = [t for t in ctx if w.offsets[t][1] > a_start and w.offsets[t][0] < a_end]
+                if inside and w.offsets[ctx[0]][0] <= a_start and w.offsets[ctx[-1]][1] >= a_end:
+                    s_pos, e_pos = inside[0], inside[-1]
+            out.append({"input_ids": w.ids, "token_type_ids": w.type_ids, "start_positions": s_pos,
+                        "end_positions": e_pos, "example_index": i,
+                        "offsets": [w.offsets[t] if s == 1 else None for t, s in enumerate(w.sequence_ids)]})
     return out
 
 
-TENSOR_KEYS = ("input_ids", "token_type_ids", "labels", "start_positions", "end_positions")
+TENSOR_KEYS = ("input_ids", "token_type_ids", "labels", "targets", "start_positions", "end_positions")
 
 
 def collate(features: list[dict], pad_id: int = 0) -> dict:
@@ -336,14 +398,16 @@ def collate(features: list[dict], pad_id: int = 0) -> dict:
     import torch
 
     T = max(len(f["input_ids"]) for f in features)
-    batch = {"attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (T - len(f["input_ids"]))
-                                             for f in features])}
+    batch = {"attention_mask": torch.from_numpy(pad_to([[1] * len(f["input_ids"]) for f in features], T, 0))}
     for key in TENSOR_KEYS:
         if key not in features[0]:
             continue
         values = [f[key] for f in features]
-        if isinstance(values[0], list):
+        if key == "targets":  # multilabel: one 0/1 per label, the same length in every row
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        elif isinstance(values[0], list):
             pad = pad_id if key == "input_ids" else (IGNORE_INDEX if key == "labels" else 0)
-            values = [v + [pad] * (T - len(v)) for v in values]
-        batch[key] = torch.tensor(values)
+            batch[key] = torch.from_numpy(pad_to(values, T, pad))
+        else:
+            batch[key] = torch.tensor(values)
     return batch

@@ -250,7 +250,7 @@ class Batcher:
 def runtime_batcher(runtime, run_batch: Callable[[list], list] | None = None, **options) -> Batcher:
     """A batcher over ``run_batch`` (default ``runtime.run_batch``) whose token budget counts the runtime's
     padding. Items are ``Encoded`` inputs from ``runtime.encode``; pass ``len(encoded)`` as their tokens."""
-    from .encode import padded_length
+    from ..tasks.encode import padded_length
 
     return Batcher(run_batch or runtime.run_batch, padded_length=lambda n: padded_length(n, runtime.max_length),
                    **options)

@@ -10,7 +10,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from ..errors import InputError, OutputExistsError
 
-FIELDS = {"text", "text_pair", "question", "context"}
+FIELDS = {"text", "text_pair", "question", "context", "head", "tail"}
 
 
 def parse_line(line: str, where: str):

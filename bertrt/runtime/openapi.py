@@ -17,8 +17,12 @@ def input_schema(task: str, max_chars: int) -> dict:
     if task == "qa":
         return {"type": "object", "required": ["question", "context"], "additionalProperties": False,
                 "properties": {"question": s, "context": s}}
+    if task == "relation":
+        span = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}
+        return {"type": "object", "required": ["text", "head", "tail"], "additionalProperties": False,
+                "properties": {"text": s, "head": span, "tail": span}}
     props = {"text": s}
-    if task == "classify":
+    if task in ("classify", "multilabel"):
         props["text_pair"] = s
     return {"oneOf": [s, {"type": "object", "required": ["text"], "additionalProperties": False,
                           "properties": props}]}
@@ -29,6 +33,12 @@ def output_schema(task: str) -> dict:
     truncated = {"type": "boolean", "description": "present (true) when the input was cut to the max length"}
     if task == "classify":
         props = {"label": {"type": "string"}, "score": num,
+                 "scores": {"type": "object", "additionalProperties": num}}
+    elif task == "relation":
+        props = {"relation": {"type": "string"}, "score": num,
+                 "scores": {"type": "object", "additionalProperties": num}}
+    elif task == "multilabel":
+        props = {"labels": {"type": "array", "items": {"type": "string"}},
                  "scores": {"type": "object", "additionalProperties": num}}
     elif task == "ner":
         entity = {"type": "object", "required": ["type", "start", "end", "text", "score"], "properties": {

@@ -54,14 +54,16 @@ def validate_request(payload, task: str, max_items: int, max_chars: int) -> list
     if len(inputs) > max_items:
         raise Refused(413, f"{len(inputs)} inputs in one request; the limit is {max_items} (split the request)",
                        "too_many_inputs")
-    allowed = {"qa": {"question", "context"}, "classify": {"text", "text_pair"}}.get(task, {"text"})
+    allowed = {"qa": {"question", "context"}, "classify": {"text", "text_pair"},
+               "multilabel": {"text", "text_pair"}, "relation": {"text", "head", "tail"}}.get(task, {"text"})
+    spans = {"head", "tail"} if task == "relation" else set()  # [start, end] lists, checked by parse_input
     for i, item in enumerate(inputs):
         if isinstance(item, dict):
             unknown = sorted(set(item) - allowed)
             if unknown:
                 raise Refused(422, f"inputs[{i}]: unknown field(s) {unknown} for a {task} model; expected "
                                f"{sorted(allowed)}", "bad_input")
-            wrong = sorted(k for k, v in item.items() if not isinstance(v, str))
+            wrong = sorted(k for k, v in item.items() if k not in spans and not isinstance(v, str))
             if wrong:
                 raise Refused(422, f"inputs[{i}]: field(s) {wrong} must be strings", "bad_input")
         elif task == "qa" or not isinstance(item, str):
@@ -73,7 +75,7 @@ def validate_request(payload, task: str, max_items: int, max_chars: int) -> list
             raise Refused(422, f"inputs[{i}]: {e}", "bad_input") from None
         _check_strings(item, f"inputs[{i}]")
         for value in (item.values() if isinstance(item, dict) else [item]):
-            if len(value) > max_chars:
+            if isinstance(value, str) and len(value) > max_chars:
                 raise Refused(413, f"inputs[{i}] has a text of {len(value)} characters; the limit is {max_chars}",
                                "text_too_long")
     return inputs

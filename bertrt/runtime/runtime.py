@@ -10,8 +10,10 @@ from pathlib import Path
 
 from ..artifact import INPUT_NAMES, TASK_OUTPUTS, load_manifest
 from ..errors import ArtifactError, InputError
-from .encode import Encoded, TextEncoder, pad_batch, plan_batches
-from .postprocess import postprocess
+from ..tasks.encode import Encoded, TextEncoder
+from ..tasks import LABELLED_TASKS
+from ..tasks.predict import decode_options, predict
+from .encode import parse_input
 from .session import Session
 
 
@@ -23,13 +25,18 @@ class Runtime:
     process may use; under several workers give each its share). ``max_batch_tokens`` bounds rows x padded length
     of each batch ``predict`` runs; inputs are bucketed by length so that padding stays small. ``trusted_keys``
     (Ed25519 public keys: PEM paths or bytes) refuses an artifact that no trusted key signed (``bertrt sign``).
+
+    Long inputs: qa contexts and ner texts longer than the artifact's max length are split into overlapping
+    windows (the stride fine-tuning used, recorded in the manifest) and answered over all of them. classify and
+    embed inputs are truncated and say so (``"truncated": true``), unless ``long="chunks"``: then a long single text
+    is windowed too and the windows' probabilities (or vectors) are averaged.
     """
 
     def __init__(self, artifact, device: str = "auto", threads: int | None = None, max_batch_tokens: int = 16384,
-                 max_batch_size: int = 64, verify: bool = True, trusted_keys=None):
+                 max_batch_size: int = 64, verify: bool = True, long: str = "truncate", trusted_keys=None):
         path = Path(artifact)
         manifest = load_manifest(path, verify=verify, trusted_keys=trusted_keys)
-        encoder = TextEncoder(path / "tokenizer.json", manifest["task"], int(manifest["max_length"]))
+        encoder = encoder_for(manifest, path / "tokenizer.json", long)
         session = Session(path / "model.onnx", device=device, threads=threads)
         self._setup(manifest, encoder, session, max_batch_tokens, max_batch_size, str(path))
 
@@ -56,7 +63,7 @@ class Runtime:
         missing = [n for n in TASK_OUTPUTS[self.task] if n not in manifest["outputs"]]
         if missing:
             raise ArtifactError(f"{where}: a {self.task} artifact needs outputs {missing}; re-export it")
-        if self.task in ("classify", "ner") and len(self.labels) < 2:
+        if self.task in LABELLED_TASKS and len(self.labels) < 2:
             raise ArtifactError(f"{where}: a {self.task} artifact needs label names in its manifest; re-export it")
 
     @property
@@ -66,22 +73,15 @@ class Runtime:
 
     def encode(self, inputs: list) -> list[Encoded]:
         """Tokenize; raises ``InputError`` for an input that does not fit the task."""
-        return self.encoder.encode(list(inputs))
+        return self.encoder.encode([parse_input(item, self.task) for item in inputs])
 
     def run_batch(self, encs: list[Encoded]) -> list[dict]:
-        """Run one batch as given (no regrouping): pad, infer, postprocess. The batcher calls this."""
-        feeds = pad_batch(encs, self.encoder.pad_id, self.max_length)
-        outputs = self.session.run(feeds)
-        return postprocess(self.task, outputs, encs, self.labels)
+        """Answers for encoded inputs, in order: their rows (windows) grouped into length buckets within
+        ``max_batch_tokens`` and ``max_batch_size``, padded, run and decoded. The batcher calls this."""
+        return predict(self.task, encs, self.session.run, self.labels, self.encoder.pad_id, self.max_length,
+                       self.max_batch_tokens, self.max_batch_size, decode_options(self.manifest))
 
-    def infer(self, encs: list[Encoded]) -> list[dict]:
-        """Group encoded inputs into length buckets, run them, and return results in the given order."""
-        results: list[dict | None] = [None] * len(encs)
-        for batch in plan_batches([len(e) for e in encs], self.max_batch_tokens, self.max_batch_size,
-                                  self.max_length):
-            for i, r in zip(batch, self.run_batch([encs[i] for i in batch])):
-                results[i] = r
-        return results
+    infer = run_batch
 
     def predict(self, inputs):
         """Predict for one input (returns one dict) or a list of inputs (returns a list, in the same order).
@@ -95,5 +95,16 @@ class Runtime:
         results = self.infer(self.encode(items))
         return results[0] if single else results
 
+    @property
+    def long(self) -> str:
+        return self.encoder.long
+
     def __repr__(self) -> str:
         return f"Runtime({self.path!r}, task={self.task!r}, device={self.device!r})"
+
+
+def encoder_for(manifest: dict, tokenizer, long: str = "truncate") -> TextEncoder:
+    """The encoder an artifact's inputs need: its task, max length and the windows' stride fine-tuning used."""
+    stride = manifest.get("doc_stride")
+    return TextEncoder(tokenizer, manifest["task"], int(manifest["max_length"]),
+                       None if stride is None else int(stride), long)

@@ -80,6 +80,7 @@ class ServeConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    long: str = "truncate"  # classify/embed inputs past the max length: "truncate" (flagged) or "chunks" (pooled)
     max_concurrent_requests: int = 256  # admission budget per worker
     timeout: float = 60.0  # seconds from admission to answer (504 past it)
     liveness_timeout: float = 30.0  # /healthz fails when the batcher has not beaten for this long
@@ -140,7 +141,7 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         from .runtime import Runtime
 
         runtime = Runtime(config.artifact, device=config.device, threads=config.threads,
-                          max_batch_tokens=max(config.max_batch_tokens, 1))
+                          max_batch_tokens=max(config.max_batch_tokens, 1), long=config.long)
     digest = artifact_sha256(runtime)
     metrics = Metrics(runtime.device, runtime.task, __version__, digest, workers=config.workers)
     state = {"ready": False, "batcher": None, "admitted": 0}

@@ -2,6 +2,7 @@
 
 - classify: cross-entropy per example (optionally class-weighted: then the count is the sum of the weights, so the
   loop's mean is the weighted mean);
+- multilabel: binary cross-entropy of each label's sigmoid, summed over labels, per example;
 - ner: cross-entropy per labelled token (first sub-tokens only);
 - qa: the mean of start and end cross-entropies per feature;
 - FGM (Miyato et al. 2017; the "fast gradient method" of adversarial training for text): a second forward pass
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.tasks import IGNORE_INDEX
+from ..tasks.encode import IGNORE_INDEX
 
 
 def _inputs(batch: dict) -> dict:
@@ -25,6 +26,9 @@ def task_loss(task: str, out: dict, batch: dict, class_weights: torch.Tensor | N
         s = F.cross_entropy(out["start_logits"].float(), batch["start_positions"], reduction="sum")
         e = F.cross_entropy(out["end_logits"].float(), batch["end_positions"], reduction="sum")
         return (s + e) / 2, batch["input_ids"].shape[0]
+    if task == "multilabel":  # one sigmoid per label: binary cross-entropy, summed over labels, per example
+        loss = F.binary_cross_entropy_with_logits(out["logits"].float(), batch["targets"], reduction="sum")
+        return loss, batch["input_ids"].shape[0]
     logits, labels = out["logits"].float(), batch["labels"]
     if task == "ner":
         logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)

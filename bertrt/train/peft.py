@@ -110,7 +110,7 @@ class PrefixSelfAttention(SelfAttention):
 def head_prefixes(model: Bert) -> tuple[str, ...]:
     """Parameter-name prefixes of the task head, always trained: the pooler belongs to the classifier's head."""
     task = model.config.task
-    heads = {"classify": ("classifier.", "bert.pooler."), "ner": ("classifier.",), "qa": ("qa_outputs.",)}
+    heads = {"classify": ("classifier.", "bert.pooler."), "multilabel": ("classifier.", "bert.pooler."), "ner": ("classifier.",), "qa": ("qa_outputs.",)}
     if task not in heads:
         raise PeftError(f"PEFT fine-tunes a task model (classify, ner or qa), not task {task!r}")
     return heads[task]

@@ -17,7 +17,7 @@ import torch
 
 from ..data import tasks as T
 from ..errors import CheckpointError, DataError
-from . import metrics as M
+from ..tasks import metrics as M
 
 
 def read_verbalizer(path, tok) -> dict[str, list[int]]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.errors import PruneError
+from bertrt.tasks.encode import IGNORE_INDEX
 
 # The label keys a batch must carry for each task whose loss we can compute.
 TASK_LABELS = {"classify": ("labels",), "ner": ("labels",), "qa": ("start_positions", "end_positions")}
@@ -74,9 +75,9 @@ def task_loss(task: str, out: dict, batch: dict) -> torch.Tensor:
     if task == "classify":
         return F.cross_entropy(out["logits"], batch["labels"], reduction="sum")
     if task == "ner":
-        labels = batch["labels"]  # (B, T), -100 where ignored
-        tok = F.cross_entropy(out["logits"].transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, T)
-        counts = (labels != -100).sum(1).clamp(min=1)
+        labels = batch["labels"]  # (B, T), IGNORE_INDEX where ignored
+        tok = F.cross_entropy(out["logits"].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        counts = (labels != IGNORE_INDEX).sum(1).clamp(min=1)  # (B,)
         return (tok.sum(1) / counts).sum()
     start = F.cross_entropy(out["start_logits"], batch["start_positions"], reduction="sum")
     end = F.cross_entropy(out["end_logits"], batch["end_positions"], reduction="sum")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.errors import PruneError
+from bertrt.tasks.encode import IGNORE_INDEX
 
 from .importance import model_inputs
 
@@ -68,7 +69,7 @@ def distillation_loss_fn(task: str, teacher, config: RecoverConfig):
             ce = F.cross_entropy(out["logits"].float(), batch["labels"], reduction="none")
             return (a * kd + (1 - a) * ce).sum(), batch["labels"].shape[0]
         if task == "ner":
-            keep = batch["labels"] != -100  # (B, T)
+            keep = batch["labels"] != IGNORE_INDEX  # (B, T)
             kd = _kd(out["logits"][keep], ref["logits"][keep], T)  # (N,)
             ce = F.cross_entropy(out["logits"][keep].float(), batch["labels"][keep], reduction="none")
             return (a * kd + (1 - a) * ce).sum(), int(keep.sum())
