@@ -27,6 +27,7 @@ import torch
 
 from ..data import tasks as T
 from ..errors import BertrtError, PeftError
+from .callbacks import Callback, EarlyStopping
 from .peft import PeftConfig
 
 DEFAULT_LR = {None: 5e-5, "lora": 5e-4, "adalora": 1e-3, "adapter": 5e-4, "prefix": 1e-2}
@@ -89,10 +90,6 @@ class FinetuneResult:
     evals: list[dict] = field(default_factory=list)
     best: dict | None = None  # the best evaluation report (eval data given)
     stopped_early: bool = False
-
-
-class _EarlyStop(Exception):
-    """Raised from the eval hook when patience runs out; the best weights are already held in memory."""
 
 
 def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None, force: bool = False,
@@ -161,20 +158,12 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
 
     # ---- 3. train, evaluating and keeping the best
     pad_id = tok.token_to_id("[PAD]") or 0
-    best = {"score": -math.inf, "state": None, "report": None, "since": 0}
-    evals = []
+    reports = []
 
     def eval_fn(m):
         report = evaluate(m, tok, eval_ex, task, labels, max_length, config.doc_stride, features=eval_feats)
+        reports.append(report)
         name, score = main_metric(report)
-        evals.append({"step": counter["step"], name: score})
-        if score > best["score"]:
-            best.update(score=score, report=report, since=0,
-                        state={n: p.detach().clone() for n, p in _kept(m).items()})
-        else:
-            best["since"] += 1
-            if config.patience is not None and best["since"] >= config.patience:
-                raise _EarlyStop()
         return {name: score}
 
     run_dir = out / "run"
@@ -185,30 +174,20 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
                            eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every)
     batches = EpochBatches(train_feats, config.batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
-    counter = {"step": _resumed_step(run_dir) if resume else 0}
-    after_step = _after_step_hook(peft, counter)
-    stopped, steps = False, total_steps
-    try:
-        result = train(model, batches, loss_fn, loop_cfg, run_dir, eval_fn=eval_fn if eval_ex is not None else None,
-                       resume=resume, tokenizer=tok, save_fn=save_fn, force=force)
-        steps = result.step
-    except _EarlyStop:
-        stopped = True
-        steps = None
-    finally:
-        after_step.remove()
-    if best["state"] is not None:
-        with torch.no_grad():
-            params = _kept(model)
-            for n, v in best["state"].items():
-                params[n].copy_(v)
+    keep_best = EarlyStopping(config.patience, params=_kept)
+    callbacks = [keep_best] + ([_PeftSteps(peft)] if peft is not None else [])
+    result = train(model, batches, loss_fn, loop_cfg, run_dir, eval_fn=eval_fn if eval_ex is not None else None,
+                   resume=resume, tokenizer=tok, save_fn=save_fn, force=force, callbacks=callbacks)
+    evals = keep_best.history
+    best_report = reports[[e["step"] for e in evals].index(keep_best.best_step)] if evals else None
+    keep_best.restore(model)
     model.eval().cpu()
 
     # ---- 4. write OUT atomically, the run folder inside
     info = {"task": task, "labels": labels, "from": str(from_path.resolve()), "config": config.to_dict(),
             "method": config.peft.method if config.peft else "full", "merged": config.merge,
-            "trainable_parameters": trainable, "total_parameters": total, "steps": steps, "stopped_early": stopped,
-            "evals": evals, "best": best["report"]}
+            "trainable_parameters": trainable, "total_parameters": total, "steps": result.step,
+            "stopped_early": result.stopped_early, "evals": evals, "best": best_report}
     info["config"]["max_length"] = max_length
     with atomic_dir(out, force=True) as tmp:
         if peft is None:
@@ -220,7 +199,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         (tmp / "finetune.json").write_text(json.dumps(info, indent=2) + "\n")
         if run_dir.exists():
             os.rename(run_dir, tmp / "run")
-    return FinetuneResult(out, labels, trainable, total, steps or 0, evals, best["report"], stopped)
+    return FinetuneResult(out, labels, trainable, total, result.step, evals, best_report, result.stopped_early)
 
 
 def _device(name: str) -> torch.device:
@@ -247,20 +226,11 @@ def _set_dropout(model, p: float) -> None:
             m.attention_dropout = p
 
 
-def _after_step_hook(peft, counter: dict):
-    """Count optimizer steps (for eval records) and run AdaLoRA's budget update after each one, before gradients
-    are cleared. The loop creates its optimizer itself, so this is a global optimizer post-hook, removed after."""
+class _PeftSteps(Callback):
+    """AdaLoRA's rank budget update after every optimizer step, while the gradients are still there."""
 
-    def hook(optimizer, args, kwargs):
-        if peft is not None:
-            peft.after_step(counter["step"])
-        counter["step"] += 1
+    def __init__(self, peft):
+        self.peft = peft
 
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    return register_optimizer_step_post_hook(hook)
-
-
-def _resumed_step(run_dir: Path) -> int:
-    state = run_dir / "checkpoint" / "train_state" / "state.json"
-    return json.loads(state.read_text()).get("step", 0) if state.is_file() else 0
+    def on_optimizer_step(self, loop) -> None:
+        self.peft.after_step(loop.step - 1)
