@@ -162,8 +162,12 @@ def pretrain_command(
                                        "files with a 'text' field."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder: checkpoint/ (latest, atomic, resumable), "
                                 "logs/ (TensorBoard) and metrics.jsonl."),
+    from_: Path = typer.Option(None, "--from", help="Continue pretraining this bertrt or Hugging Face BERT "
+                               "checkpoint (its tokenizer, weights, and NSP when it has the head) on your domain's "
+                               "text instead of starting from random weights; --preset and --vocab-size then do not "
+                               "apply. Use a lower --lr (e.g. 5e-5) so it adapts rather than forgets."),
     tokenizer: Path = typer.Option(None, help="Use this tokenizer (tokenizer.json, vocab.txt or a folder) instead "
-                                   "of training one on the corpus; needed to continue from another model's vocabulary."),
+                                   "of training one on the corpus (from scratch; --from brings its own)."),
     vocab_size: int = typer.Option(30522, help="Vocabulary size when training the tokenizer. A few MB of text wants "
                                    "8k-16k."),
     preset: str = typer.Option("mini", help="Model size: tiny (2L/128H), mini (4L/256H), small (4L/512H), base "
@@ -203,7 +207,8 @@ def pretrain_command(
                                 "checkpoint stopped (same settings, same number of processes)."),
     force: bool = typer.Option(False, "--force", help="Start over, replacing an existing run in --output."),
 ):
-    """Pretrain a BERT from scratch on raw text: masked language modelling + next-sentence prediction.
+    """Pretrain a BERT on raw text - from scratch, or continued from a checkpoint with --from - by masked language
+    modelling + next-sentence prediction.
 
     Runs the same under `torchrun --nproc_per_node=N` (DDP: gloo on CPU, nccl on CUDA)."""
     from .train.distributed import rank, shutdown
@@ -213,7 +218,8 @@ def pretrain_command(
     cfg = PretrainConfig(preset=preset, tokenizer=str(tokenizer) if tokenizer else None, vocab_size=vocab_size,
                          seq_len=seq_len, batch_size=batch_size, nsp=nsp, mlm_prob=mlm_prob,
                          whole_word=whole_word_mask, documents=documents, eval_fraction=eval_fraction,
-                         cache_dir=str(cache_dir) if cache_dir else None, device=device)
+                         cache_dir=str(cache_dir) if cache_dir else None, device=device,
+                         from_checkpoint=str(from_) if from_ else None)
     train_cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, max_steps=max_steps, epochs=epochs,
                             budget_s=parse_duration(budget) if budget else None, grad_accum=grad_accum,
                             precision=precision, seed=seed, eval_every=eval_every, save_every=save_every)
