@@ -670,6 +670,12 @@ class Adversarial(str, Enum):
     fgm = "fgm"
 
 
+class Anchor(str, Enum):
+    none = "none"
+    l2sp = "l2sp"
+    ewc = "ewc"
+
+
 @app.command("finetune")
 def finetune_command(
     train: Path = typer.Argument(..., help="Training data: classify JSONL/CSV/TSV (text, optional text_pair, label), "
@@ -717,8 +723,24 @@ def finetune_command(
     adversarial: Adversarial = typer.Option(Adversarial.none, "--adversarial", help="fgm: also train on word "
                                             "embeddings perturbed along the loss gradient (robustness; ~2x the cost)."),
     adv_epsilon: float = typer.Option(1.0, help="Size of the FGM perturbation."),
+    new_head: bool = typer.Option(False, "--new-head", help="Start the task head afresh. By default a --from model "
+                                  "of the same task keeps its head rows for the labels it knows and gains rows for "
+                                  "new ones (continual learning); use this to re-purpose it for unrelated labels."),
+    replay: Path = typer.Option(None, "--replay", help="The previous task's training data: a rehearsal sample of "
+                                "it (--replay-ratio) is mixed into every epoch, the surest guard against forgetting."),
+    replay_ratio: float = typer.Option(0.1, help="Share of the --replay data kept as the rehearsal memory (drawn "
+                                       "once with --seed). More remembers better and trains longer."),
+    anchor: Anchor = typer.Option(Anchor.none, "--anchor", help="Keep the weights near the --from model: l2sp (plain "
+                                  "distance) or ewc (weighted by how much each weight mattered on the old data, "
+                                  "from --replay or --fisher-data)."),
+    anchor_weight: float = typer.Option(1.0, help="Strength of --anchor; raise it if the old task is forgotten, "
+                                        "lower it if the new one does not learn."),
+    fisher_data: Path = typer.Option(None, "--fisher-data", help="Old training data for --anchor ewc's Fisher "
+                                     "estimate when it is not given as --replay."),
+    eval_old: Path = typer.Option(None, "--eval-old", help="The previous task's test data: evaluated before and "
+                                  "after, so the run reports what it forgot beside what it gained."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
-    seed: int = typer.Option(0, help="Seed of the head's initialisation, data order and dropout."),
+    seed: int = typer.Option(0, help="Seed of the head's initialisation, data order, replay sample and dropout."),
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from --output's last "
                                 "checkpoint."),
@@ -740,14 +762,20 @@ def finetune_command(
                          class_weights=class_weights,
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
                          adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
-                         peft=peft_cfg, merge=merge)
-    r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device)
+                         peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
+                         anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight)
+    r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,
+                 replay_path=replay, eval_old_path=eval_old, fisher_path=fisher_data)
     share = 100 * r.trainable_parameters / r.total_parameters
     typer.echo(f"trainable parameters: {r.trainable_parameters:,} of {r.total_parameters:,} ({share:.2f}%)")
     if r.best:
         from .train.metrics_report import format_report
 
         typer.echo(format_report(r.best))
+    if r.continual:
+        from .train.continual import format_continual
+
+        typer.echo(format_continual(r.continual))
     stopped = " (stopped early)" if r.stopped_early else ""
     typer.echo(f"wrote {r.path} ({r.steps} steps{stopped})")
 
