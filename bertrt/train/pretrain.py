@@ -160,6 +160,9 @@ def pretrain(files: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Pr
     torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     if cfg.from_checkpoint:
         model = load_continued(source, task, cfg.seq_len).to(device)
+        if tok.get_vocab_size() > model.config.vocab_size:
+            raise BertrtError(f"{source}'s tokenizer has {tok.get_vocab_size()} tokens but its model only "
+                              f"{model.config.vocab_size} embeddings; the checkpoint is inconsistent")
     else:
         model = build_model(cfg, tok.get_vocab_size()).to(device)
     result = train(model, data, pretrain_loss, train_cfg, out_dir, eval_fn=eval_fn, resume=resume,
