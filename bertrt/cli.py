@@ -742,6 +742,8 @@ def finetune_command(
                                         "lower it if the new one does not learn."),
     fisher_data: Path = typer.Option(None, "--fisher-data", help="Old training data for --anchor ewc's Fisher "
                                      "estimate when it is not given as --replay."),
+    fisher_samples: int = typer.Option(256, help="Old examples --anchor ewc's Fisher estimate uses (one backward "
+                                       "pass each); more is steadier and slower."),
     eval_old: Path = typer.Option(None, "--eval-old", help="The previous task's test data: evaluated before and "
                                   "after, so the run reports what it forgot beside what it gained."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
@@ -768,7 +770,8 @@ def finetune_command(
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
                          adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
-                         anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight)
+                         anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,
+                         fisher_samples=fisher_samples)
     r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,
                  replay_path=replay, eval_old_path=eval_old, fisher_path=fisher_data)
     share = 100 * r.trainable_parameters / r.total_parameters

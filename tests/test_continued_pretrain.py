@@ -97,3 +97,21 @@ def test_a_checkpoint_without_heads_continues_with_mlm_only(tmp_path, monkeypatc
                        else next(model.bert.pooler.parameters()), hf.bert.pooler.dense.weight)
     words = model.bert.embeddings.word_embeddings.weight
     assert 0 < (words - hf.bert.embeddings.word_embeddings.weight).abs().max() < 0.01  # 6 Adam steps of 1e-3 from there
+
+
+def test_pretrain_command_from_a_checkpoint(hf_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from bertrt.checkpoint import load_checkpoint
+    from bertrt.cli import app
+
+    ckpt, text, _, _ = hf_checkpoint
+    args = ["pretrain", str(text), "-o", str(tmp_path / "run"), "--from", str(ckpt), "--seq-len", "32",
+            "--batch-size", "4", "--eval-fraction", "0", "--cache-dir", str(tmp_path / "cache"), "--max-steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "step 2" in result.output
+    model = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert model.config.task == "pretrain" and model.config.hidden_size == 32  # the checkpoint's shape, not a preset
+    bad = CliRunner().invoke(app, args[:-2] + ["--max-steps", "2", "--tokenizer", str(ckpt), "--force"])
+    assert bad.exit_code != 0 and "drop --tokenizer" in str(bad.exception)
