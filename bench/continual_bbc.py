@@ -7,6 +7,8 @@ Two experiments, both through the library code the commands run (``bertrt.train.
 (``--old-topics``); stage 2 continues from it on the other 2 topics only, four ways:
   naive   ``finetune NEW --from STAGE1`` (the head keeps its 3 rows and gains 2);
   replay  the same with ``--replay OLD --replay-ratio`` (default 0.1: 10% of the old articles, drawn once);
+  replay-rep  the same memory repeated ``--replay-repeat`` times per epoch (``finetune --replay-repeat``): 106 old
+          articles against 710 new ones leave the old topics under-predicted; repeating rebalances without more data;
   ewc     the same with ``--anchor ewc --anchor-weight`` (Fisher from ``--fisher-samples`` old articles);
   joint   MiniLM fine-tuned on all 5 topics at once (the upper reference).
 Each final model is evaluated on the test articles of the old topics, the new topics, and all 5 (5-way
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, write_jsonl
 
-INCREMENTAL = ("stage1", "naive", "replay", "ewc", "joint")
+INCREMENTAL = ("stage1", "naive", "replay", "replay-rep", "ewc", "joint")
 DAPT = ("original", "continued")
 
 
@@ -60,6 +62,9 @@ def parse_args(argv):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--replay-ratio", type=float, default=0.1)
+    ap.add_argument("--replay-repeat", type=int, default=5, help="Times the memory appears per epoch (replay-rep).")
+    ap.add_argument("--methods", default=",".join(INCREMENTAL[1:]), help="Incremental methods to run (stage 1 runs "
+                    "whenever one needs it): a comma-separated subset, e.g. to run one in a second process.")
     ap.add_argument("--anchor-weight", type=float, default=1.0, help="EWC strength (Fisher scaled to mean 1).")
     ap.add_argument("--fisher-samples", type=int, default=200)
     ap.add_argument("--dapt-steps", type=int, default=100, help="Continued-pretraining optimizer steps (the fixed "
@@ -122,8 +127,14 @@ def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None
     print(f"seed {seed} stage1 (3 topics): {json.dumps(s1)}", flush=True)
     variants = {"naive": ({}, {}),
                 "replay": ({"replay_ratio": args.replay_ratio}, {"replay_path": data["train_old"]}),
+                "replay-rep": ({"replay_ratio": args.replay_ratio, "replay_repeat": args.replay_repeat},
+                               {"replay_path": data["train_old"]}),
                 "ewc": ({"anchor": "ewc", "anchor_weight": args.anchor_weight}, {"fisher_path": data["train_old"]})}
+    methods = [m.strip() for m in args.methods.split(",")]
     for name, (kw, paths) in variants.items():
+        if name not in methods:
+            continue
+
         def stage2(name=name, kw=kw, paths=paths):
             if not (stage1 / "config.json").is_file():
                 finetune(data["train_old"], stage1, args.base, cfg(), force=True)  # a cached stage 1 lost its files
@@ -145,8 +156,10 @@ def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None
         drop(out, args.keep_checkpoints)
         return {**acc, "steps": res.steps}
 
-    print(f"seed {seed} joint: {json.dumps(cached(r / 'joint.json', joint))}", flush=True)
-    drop(stage1, args.keep_checkpoints)
+    if "joint" in methods:
+        print(f"seed {seed} joint: {json.dumps(cached(r / 'joint.json', joint))}", flush=True)
+    if set(methods) >= set(INCREMENTAL[1:]):  # a partial run leaves stage 1 for the process running the rest
+        drop(stage1, args.keep_checkpoints)
 
 
 def run_dapt(args, seed: int, data: dict, work: Path, runs: Path) -> None:

@@ -735,6 +735,9 @@ def finetune_command(
                                 "it (--replay-ratio) is mixed into every epoch, the surest guard against forgetting."),
     replay_ratio: float = typer.Option(0.1, help="Share of the --replay data kept as the rehearsal memory (drawn "
                                        "once with --seed). More remembers better and trains longer."),
+    replay_repeat: int = typer.Option(1, help="Times the rehearsal memory appears in every epoch. Raise it when the "
+                                      "new data far outnumbers the memory and old classes get under-predicted: it "
+                                      "rebalances them without keeping more old data."),
     anchor: Anchor = typer.Option(Anchor.none, "--anchor", help="Keep the weights near the --from model: l2sp (plain "
                                   "distance) or ewc (weighted by how much each weight mattered on the old data, "
                                   "from --replay or --fisher-data)."),
@@ -770,6 +773,7 @@ def finetune_command(
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
                          adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
+                         replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,
                          fisher_samples=fisher_samples)
     r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,

@@ -75,6 +75,9 @@ def test_replay_memory_is_exactly_the_ratio(stage1, tmp_path):
     assert r.continual["replayed"] == 16 and r.continual["old_examples"] == 160
     assert r.steps == 2 * math.ceil((48 + 16) / 16)  # every epoch holds all new examples plus the whole memory
     assert r.labels == ["neg", "pos", "food", "sport"]
+    r = finetune(new, tmp_path / "out3", prev_dir, cfg(epochs=1, replay_ratio=0.1, replay_repeat=3, seed=3),
+                 replay_path=old_train)
+    assert r.continual["replayed"] == 16 and r.steps == math.ceil((48 + 3 * 16) / 16)  # the memory 3 times an epoch
 
 
 def test_anchor_penalty_is_zero_at_the_anchor_and_its_gradient_matches_finite_differences(stage1):

@@ -7,7 +7,8 @@ Three tools, all used by ``finetune --from PREVIOUS`` (see ``bertrt.train.finetu
   start fresh. At step 0 the grown model's logits for the old labels are exactly the previous model's.
 - **Replay** (``replay_sample``): a fixed rehearsal memory - ``round(ratio * n_old)`` old examples drawn once with the
   run's seed - is mixed into every epoch with all the new examples (so ``ratio`` is the share of the old data the
-  method needs to keep).
+  method needs to keep); ``replay_repeat`` puts it in every epoch that many times, rebalancing old classes against
+  plentiful new data without keeping more of the old.
 - **Anchors** (``Anchor``, a loop callback): a penalty ``weight/2 * sum_i F_i (theta_i - theta*_i)^2`` that keeps
   the weights near the previous model's ``theta*``. L2-SP (Li et al. 2018): ``F_i = 1``. EWC (Kirkpatrick et al.
   2017): ``F_i`` is the diagonal of the empirical Fisher information of the previous model on old data (the mean of
@@ -169,7 +170,8 @@ def format_continual(report: dict) -> str:
     new-task gain (in points)."""
     lines = [f"head: {report['labels_kept']} labels kept, {report['labels_added']} added"]
     if report.get("replayed"):
-        lines.append(f"replay: {report['replayed']} of {report['old_examples']} old examples in every epoch")
+        times = f", {report['replay_repeat']} times" if report.get("replay_repeat", 1) > 1 else ""
+        lines.append(f"replay: {report['replayed']} of {report['old_examples']} old examples in every epoch{times}")
     if report.get("anchor"):
         lines.append(f"anchor: {report['anchor']['kind']} (weight {report['anchor']['weight']:g})")
     for part, word, title in (("old", "forgetting", "old task"), ("new", "gain", "new task")):

@@ -65,6 +65,7 @@ class FinetuneConfig:
     # continual learning (bertrt.train.continual); the data files are finetune()'s replay_path / eval_old_path
     new_head: bool = False  # start the head afresh instead of keeping the previous model's rows for known labels
     replay_ratio: float = 0.1  # with replay data: the share of it kept as the rehearsal memory
+    replay_repeat: int = 1  # times the memory appears in every epoch (rebalances old vs new classes)
     anchor: str | None = None  # "l2sp" or "ewc"
     anchor_weight: float = 1.0
     fisher_samples: int = 256  # old examples EWC's Fisher estimate uses
@@ -92,8 +93,10 @@ class FinetuneConfig:
         if self.anchor is not None and self.peft is not None:
             raise BertrtError("--anchor keeps the full weights near the previous model; with --peft they are frozen "
                               "anyway - drop one of the two")
-        if self.anchor_weight <= 0 or self.fisher_samples < 1 or not 0 < self.replay_ratio <= 1:
-            raise BertrtError("--anchor-weight must be > 0, --fisher-samples >= 1 and --replay-ratio in (0, 1]")
+        if self.anchor_weight <= 0 or self.fisher_samples < 1 or not 0 < self.replay_ratio <= 1 \
+                or self.replay_repeat < 1:
+            raise BertrtError("--anchor-weight must be > 0, --fisher-samples >= 1, --replay-ratio in (0, 1] and "
+                              "--replay-repeat >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,7 +184,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     replayed = 0
     if replay_ex is not None:  # the rehearsal memory, mixed into every epoch's shuffle
         memory = [replay_ex[i] for i in replay_sample(len(replay_ex), config.replay_ratio, config.seed)]
-        train_feats, replayed = train_feats + encode(memory), len(memory)
+        train_feats, replayed = train_feats + encode(memory) * config.replay_repeat, len(memory)
     eval_feats = encode(eval_ex) if eval_ex is not None else None
     steps_per_epoch = math.ceil(len(train_feats) / config.batch_size)
     total_steps = math.ceil(config.epochs * steps_per_epoch)
@@ -258,7 +261,8 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     if continual or replay_ex is not None or config.anchor or before:
         continual_report = {"labels_kept": len(src_cfg.labels) if continual else 0,
                             "labels_added": len(labels) - len(src_cfg.labels) if continual else len(labels),
-                            "replayed": replayed, "old_examples": len(replay_ex) if replay_ex is not None else None,
+                            "replayed": replayed, "replay_repeat": config.replay_repeat,
+                            "old_examples": len(replay_ex) if replay_ex is not None else None,
                             "anchor": ({"kind": config.anchor, "weight": config.anchor_weight}
                                        if config.anchor else None)}
         if before:
