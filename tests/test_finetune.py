@@ -90,7 +90,7 @@ def test_peft_learns_and_saves_only_the_adapter(warm_base, tmp_path, method, lr)
     train = write_jsonl(tmp_path / "train.jsonl", renamed(classify_rows(160, 1)))
     ev = write_jsonl(tmp_path / "eval.jsonl", renamed(classify_rows(60, 2)))
     before = untrained_score(warm_base, "classify", ev, ["negative", "positive"], "accuracy", max_length=32)
-    r = run(warm_base, tmp_path, "classify", train, ev, epochs=6, lr=lr,
+    r = run(warm_base, tmp_path, "classify", train, ev, epochs=6, lr=lr, new_head=True,
             peft=PeftConfig(method, r=4, adapter_size=8, prefix_length=4))
     assert before < 0.7 and r.best["accuracy"] >= 0.9, (before, r.evals)
     assert r.trainable_parameters < 0.3 * r.total_parameters

@@ -180,3 +180,41 @@ def test_metrics_start_over_with_force_and_do_not_repeat_after_resume(tmp_path):
     train(tiny(), data, loss_fn, TrainConfig(max_steps=5, **cfg), tmp_path / "k", resume=True)
     assert steps_logged("k") == [1, 2, 3, 4, 5]  # step 3 was logged before the kill and again after: kept once
 
+
+
+def test_callbacks_run_in_order_and_can_stop_the_run(tmp_path):
+    from bertrt.train.callbacks import Callback
+
+    class Probe(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_train_start(self, loop):
+            self.calls.append(("start", loop.step))
+
+        def on_gradients(self, loop):
+            self.calls.append(("grads", loop.step))
+            return {"probe": 1.5}
+
+        def on_optimizer_step(self, loop):
+            # gradients are still there: AdaLoRA-style callbacks read them here
+            assert any(p.grad is not None for p in loop.model.parameters())
+            self.calls.append(("opt", loop.step))
+
+        def on_step_end(self, loop, record):
+            self.calls.append(("end", record["step"]))
+
+        def should_stop(self, loop):
+            return loop.step == 2
+
+        def on_train_end(self, loop):
+            self.calls.append(("train_end", loop.step))
+
+    probe = Probe()
+    data = EpochBatches(items(8), batch_size=2, collate=collate, seed=3)
+    r = train(tiny(0.0), data, loss_fn, TrainConfig(lr=1e-3, max_steps=10, progress=False), tmp_path / "r",
+              callbacks=[probe])
+    assert r.step == 2 and r.stopped_early and [h["probe"] for h in r.history] == [1.5, 1.5]
+    assert probe.calls == [("start", 0), ("grads", 0), ("opt", 1), ("end", 1), ("grads", 1), ("opt", 2), ("end", 2),
+                           ("train_end", 2)]
+    assert json.loads((tmp_path / "r/checkpoint/train_state/state.json").read_text())["step"] == 2  # saved at stop

@@ -4,7 +4,11 @@
 
 1. validates everything before writing anything: the output path, both data files (format, labels unseen in
    training), the ``from`` checkpoint and its tokenizer, the PEFT/merge combination;
-2. builds the task model (a fresh head when the checkpoint has none for these labels), applies PEFT if asked;
+2. builds the task model: a fresh head when the checkpoint has none for this task; a checkpoint of the same task
+   keeps its head rows for the labels it knows and gains rows for new ones (``new_head`` starts afresh instead);
+   continual learning adds a rehearsal memory of old data (``replay_path``), an L2-SP/EWC anchor to the previous
+   weights, and old-task metrics before and after (``eval_old_path``) - see ``bertrt.train.continual``;
+   applies PEFT if asked;
 3. trains with ``bertrt.train.loop.train`` under ``OUT/run/`` (resumable ``checkpoint/``, ``metrics.jsonl``);
    with eval data it evaluates every ``eval_every`` steps (default: every epoch), keeps the best weights by the
    task's metric (accuracy; entity F1; SQuAD F1) and stops after ``patience`` evaluations without improvement;
@@ -12,7 +16,7 @@
    starts again from there: evaluations before the interruption are not remembered);
 4. writes ``OUT`` atomically: a plain checkpoint (full fine-tuning, or PEFT with ``merge``) or a PEFT directory
    (adapter + head, ``peft.json``), plus ``finetune.json`` (config, labels, parameter counts, evaluations, the best
-   report). ``OUT/run/`` moves inside it.
+   report, and under "continual" the old-task forgetting beside the new-task gain). ``OUT/run/`` moves inside it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,8 @@ import torch
 from ..data import tasks as T
 from ..errors import BertrtError, PeftError
 from ..tasks import LABELLED_TASKS
+from .callbacks import Callback, EarlyStopping
+from .continual import ANCHORS, Anchor, continual_labels, fisher_diagonal, grow_head, head_rows, replay_sample
 from .peft import PeftConfig
 
 DEFAULT_LR = {None: 5e-5, "lora": 5e-4, "adalora": 1e-3, "adapter": 5e-4, "prefix": 1e-2}
@@ -64,6 +71,13 @@ class FinetuneConfig:
     peft: PeftConfig | None = None
     merge: bool = False
     progress: bool = True
+    # continual learning (bertrt.train.continual); the data files are finetune()'s replay_path / eval_old_path
+    new_head: bool = False  # start the head afresh instead of keeping the previous model's rows for known labels
+    replay_ratio: float = 0.1  # with replay data: the share of it kept as the rehearsal memory
+    replay_repeat: int = 1  # times the memory appears in every epoch (rebalances old vs new classes)
+    anchor: str | None = None  # "l2sp" or "ewc"
+    anchor_weight: float = 1.0
+    fisher_samples: int = 256  # old examples EWC's Fisher estimate uses
 
     def __post_init__(self):
         if self.task not in T.TASK_FORMATS:
@@ -83,6 +97,15 @@ class FinetuneConfig:
             raise BertrtError(f"--patience must be >= 1, got {self.patience}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise BertrtError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.anchor is not None and self.anchor not in ANCHORS:
+            raise BertrtError(f"--anchor must be one of {', '.join(ANCHORS)}, not {self.anchor!r}")
+        if self.anchor is not None and self.peft is not None:
+            raise BertrtError("--anchor keeps the full weights near the previous model; with --peft they are frozen "
+                              "anyway - drop one of the two")
+        if self.anchor_weight <= 0 or self.fisher_samples < 1 or not 0 < self.replay_ratio <= 1 \
+                or self.replay_repeat < 1:
+            raise BertrtError("--anchor-weight must be > 0, --fisher-samples >= 1, --replay-ratio in (0, 1] and "
+                              "--replay-repeat >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,15 +121,16 @@ class FinetuneResult:
     evals: list[dict] = field(default_factory=list)
     best: dict | None = None  # the best evaluation report (eval data given)
     stopped_early: bool = False
-
-
-class _EarlyStop(Exception):
-    """Raised from the eval hook when patience runs out; the best weights are already held in memory."""
+    continual: dict | None = None  # old-task forgetting and new-task gain (with eval_old_path / eval_path)
 
 
 def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None, force: bool = False,
-             resume: bool = False, device: str = "auto") -> FinetuneResult:
-    """Fine-tune; see the module docstring. Single process (``device``: auto, cpu or cuda)."""
+             resume: bool = False, device: str = "auto", replay_path=None, eval_old_path=None,
+             fisher_path=None) -> FinetuneResult:
+    """Fine-tune; see the module docstring. Single process (``device``: auto, cpu or cuda). Continual learning:
+    ``replay_path`` (old training data: a rehearsal memory of ``replay_ratio`` of it joins every epoch),
+    ``fisher_path`` (old data for EWC's Fisher; default the replay data), ``eval_old_path`` (old test data,
+    evaluated before and after)."""
     from ..atomic import atomic_dir, check_writable
     from ..checkpoint import load_checkpoint, read_config, write_checkpoint_files
     from ..tokenizer import load_tokenizer
@@ -121,17 +145,40 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         check_writable(out, force)
     # ---- 1. everything a user can get wrong, before anything is written
     train_ex = T.read_task(train_path, task)
-    labels = T.infer_labels(task, train_ex)
+    replay_ex = T.read_task(replay_path, task) if replay_path is not None else None
+    fisher_path = fisher_path if fisher_path is not None else replay_path
+    fisher_ex = T.read_task(fisher_path, task) if config.anchor == "ewc" and fisher_path is not None else None
+    old_ex = T.read_task(eval_old_path, task) if eval_old_path is not None else None
+    labels = T.infer_labels(task, train_ex + (replay_ex or []))
+    src_cfg, _ = read_config(from_path)  # CheckpointError when it is not a BERT directory
+    continual = task in ("classify", "ner") and src_cfg.task == task and not config.new_head
+    if continual:  # keep every label the previous model knew, in its order, and its head rows for them
+        labels = continual_labels(src_cfg.labels, labels)
+    if (old_ex is not None or config.anchor == "ewc") and src_cfg.task != task:
+        raise BertrtError(f"--eval-old and --anchor ewc need a previous {task} model; {from_path} is a "
+                          f"{src_cfg.task} checkpoint")
+    if config.anchor == "ewc" and fisher_ex is None:
+        raise BertrtError("--anchor ewc estimates which weights mattered from the old training data: pass it with "
+                          "--replay OLD (rehearsal too) or --fisher-data OLD")
+    for ex, path in ((old_ex, eval_old_path), (fisher_ex, fisher_path)):
+        if ex is not None:
+            T.check_labels(task, ex, src_cfg.labels, path)
     eval_ex = None
     if eval_path is not None:
         eval_ex = T.read_task(eval_path, task)
         T.check_labels(task, eval_ex, labels, eval_path)
-    src_cfg, _ = read_config(from_path)  # CheckpointError when it is not a BERT directory
     tok = load_tokenizer(from_path)
     max_length = min(config.max_length, src_cfg.max_position_embeddings)
     torch.manual_seed(config.seed)
     model = load_checkpoint(from_path, task=task, labels=labels or None, init_missing_head=True)
-    if src_cfg.task == task and src_cfg.labels != labels:  # same head shape, other classes: start it afresh
+    previous = None
+    if src_cfg.task == task and (continual or old_ex is not None or fisher_ex is not None):
+        previous = load_checkpoint(from_path)  # as it was: the old task's reference
+    grown = {}
+    if continual and src_cfg.labels != labels:
+        rows = head_rows(src_cfg.labels, labels)
+        grown = {n: rows for n in grow_head(model, previous.state_dict(), src_cfg.labels)}
+    elif src_cfg.task == task and src_cfg.labels != labels:  # --new-head: same head shape, start it afresh
         head = model.classifier if task in LABELLED_TASKS else model.qa_outputs
         model._init_weights(head)
         model.fresh_weights = sorted(set(model.fresh_weights) | {n for n, _ in model.named_parameters()
@@ -149,6 +196,10 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
               "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
               "qa": lambda ex: T.encode_qa(ex, tok, max_length, config.doc_stride)}[task]
     train_feats = encode(train_ex)
+    replayed = 0
+    if replay_ex is not None:  # the rehearsal memory, mixed into every epoch's shuffle
+        memory = [replay_ex[i] for i in replay_sample(len(replay_ex), config.replay_ratio, config.seed)]
+        train_feats, replayed = train_feats + encode(memory) * config.replay_repeat, len(memory)
     batch_size = config.batch_size or default_batch_size(len(train_ex))
     steps_per_epoch = math.ceil(len(train_feats) / batch_size)
     total_steps = math.ceil(config.epochs * steps_per_epoch)
@@ -173,23 +224,37 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         weights = balanced_class_weights(flat, len(labels))
     loss_fn = make_loss_fn(task, weights, config.adversarial, config.adv_epsilon,
                            peft.regularizer if peft is not None else None)
+    pad_id = tok.token_to_id("[PAD]") or 0
+
+    # ---- continual learning: the old task before training, and the anchor (its references are the step-0 weights)
+    report_of = lambda m, ex, names: evaluate(m, tok, ex, task, names, max_length, config.doc_stride)  # noqa: E731
+    before, extra_callbacks = {}, []
+    if previous is not None:
+        previous.to(_device(device))
+        if old_ex is not None:
+            before = {"old": report_of(previous, old_ex, src_cfg.labels),
+                      **({"new": report_of(model, eval_ex, labels)} if eval_ex is not None else {})}
+    if config.anchor is not None:
+        fisher = None
+        if config.anchor == "ewc":
+            enc = T.encode_classify if task == "classify" else T.encode_ner
+            rng = random.Random(config.seed)
+            picked = rng.sample(range(len(fisher_ex)), min(len(fisher_ex), config.fisher_samples))
+            feats = enc([fisher_ex[i] for i in picked], tok, src_cfg.labels, max_length)
+            dev = next(previous.parameters()).device
+            batches = ({k: v.to(dev) for k, v in T.collate([f], pad_id).items()} for f in feats)
+            fisher = fisher_diagonal(previous, batches, make_loss_fn(task))
+        extra_callbacks.append(Anchor.from_model(config.anchor, config.anchor_weight, model, model.fresh_weights,
+                                                 grown, fisher))
+    previous = None  # not needed any more: free its memory before training
 
     # ---- 3. train, evaluating and keeping the best
-    pad_id = tok.token_to_id("[PAD]") or 0
-    best = {"score": -math.inf, "state": None, "report": None, "since": 0}
-    evals = []
+    reports = []
 
     def eval_fn(m):
         report = evaluate(m, tok, eval_ex, task, labels, max_length, config.doc_stride)
+        reports.append(report)
         name, score = main_metric(report)
-        evals.append({"step": counter["step"], name: score})
-        if score > best["score"]:
-            best.update(score=score, report=report, since=0,
-                        state={n: p.detach().clone() for n, p in _kept(m).items()})
-        else:
-            best["since"] += 1
-            if config.patience is not None and best["since"] >= config.patience:
-                raise _EarlyStop()
         return {name: score}
 
     run_dir = out / "run"
@@ -200,37 +265,46 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
                            eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every)
     batches = EpochBatches(train_feats, batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
-    counter = {"step": _resumed_step(run_dir) if resume else 0}
-    after_step = _after_step_hook(peft, counter)
-    stopped, steps = False, total_steps
-    try:
-        result = train(model, batches, loss_fn, loop_cfg, run_dir, eval_fn=eval_fn if eval_ex is not None else None,
-                       resume=resume, tokenizer=tok, save_fn=save_fn, force=force)
-        steps = result.step
-    except _EarlyStop:
-        stopped = True
-        steps = None
-    finally:
-        after_step.remove()
-    if best["state"] is not None:
-        with torch.no_grad():
-            params = _kept(model)
-            for n, v in best["state"].items():
-                params[n].copy_(v)
+    keep_best = EarlyStopping(config.patience, params=_kept)
+    callbacks = [keep_best, *extra_callbacks] + ([_PeftSteps(peft)] if peft is not None else [])
+    result = train(model, batches, loss_fn, loop_cfg, run_dir, eval_fn=eval_fn if eval_ex is not None else None,
+                   resume=resume, tokenizer=tok, save_fn=save_fn, force=force, callbacks=callbacks)
+    evals = keep_best.history
+    best_report = reports[[e["step"] for e in evals].index(keep_best.best_step)] if evals else None
+    keep_best.restore(model)
+    continual_report = None
+    if continual or replay_ex is not None or config.anchor or before:
+        continual_report = {"labels_kept": len(src_cfg.labels) if continual else 0,
+                            "labels_added": len(labels) - len(src_cfg.labels) if continual else len(labels),
+                            "replayed": replayed, "replay_repeat": config.replay_repeat,
+                            "old_examples": len(replay_ex) if replay_ex is not None else None,
+                            "anchor": ({"kind": config.anchor, "weight": config.anchor_weight}
+                                       if config.anchor else None)}
+        if before:
+            after = {"old": report_of(model, old_ex, labels), "new": best_report}
+            if after["new"] is None and eval_ex is not None:
+                after["new"] = report_of(model, eval_ex, labels)
+            for part, sign, word in (("old", 1, "forgetting"), ("new", -1, "gain")):
+                if before.get(part) is not None and after.get(part) is not None:
+                    name, b = main_metric(before[part])
+                    a = main_metric(after[part])[1]
+                    continual_report[part] = {"metric": name, "before": b, "after": a, word: sign * (b - a),
+                                              "report_after": after[part]}
     model.eval().cpu()
 
     thresholds = None
     if task == "multilabel":  # per-label decision thresholds, tuned on the eval data (0.5 without it)
         thresholds = _tune_thresholds(model, tok, eval_ex, labels, max_length)
         if eval_ex is not None:
-            best["report"] = evaluate(model, tok, eval_ex, task, labels, max_length,
-                                      options={"thresholds": thresholds})
+            best_report = evaluate(model, tok, eval_ex, task, labels, max_length,
+                                   options={"thresholds": thresholds})
 
     # ---- 4. write OUT atomically, the run folder inside
     info = {"task": task, "labels": labels, "from": str(from_path.resolve()), "config": config.to_dict(),
             "method": config.peft.method if config.peft else "full", "merged": config.merge,
-            "trainable_parameters": trainable, "total_parameters": total, "steps": steps, "stopped_early": stopped,
-            "evals": evals, "best": best["report"]}
+            "trainable_parameters": trainable, "total_parameters": total, "steps": result.step,
+            "stopped_early": result.stopped_early, "evals": evals, "best": best_report,
+            "continual": continual_report}
     info["config"]["max_length"] = max_length
     info["config"]["batch_size"] = batch_size
     if thresholds is not None:
@@ -245,7 +319,8 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         (tmp / "finetune.json").write_text(json.dumps(info, indent=2) + "\n")
         if run_dir.exists():
             os.rename(run_dir, tmp / "run")
-    return FinetuneResult(out, labels, trainable, total, steps or 0, evals, best["report"], stopped)
+    return FinetuneResult(out, labels, trainable, total, result.step, evals, best_report, result.stopped_early,
+                          continual_report)
 
 
 def _tune_thresholds(model, tok, eval_ex, labels: list[str], max_length: int) -> list[float]:
@@ -282,20 +357,11 @@ def _set_dropout(model, p: float) -> None:
             m.attention_dropout = p
 
 
-def _after_step_hook(peft, counter: dict):
-    """Count optimizer steps (for eval records) and run AdaLoRA's budget update after each one, before gradients
-    are cleared. The loop creates its optimizer itself, so this is a global optimizer post-hook, removed after."""
+class _PeftSteps(Callback):
+    """AdaLoRA's rank budget update after every optimizer step, while the gradients are still there."""
 
-    def hook(optimizer, args, kwargs):
-        if peft is not None:
-            peft.after_step(counter["step"])
-        counter["step"] += 1
+    def __init__(self, peft):
+        self.peft = peft
 
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    return register_optimizer_step_post_hook(hook)
-
-
-def _resumed_step(run_dir: Path) -> int:
-    state = run_dir / "checkpoint" / "train_state" / "state.json"
-    return json.loads(state.read_text()).get("step", 0) if state.is_file() else 0
+    def on_optimizer_step(self, loop) -> None:
+        self.peft.after_step(loop.step - 1)

@@ -8,7 +8,7 @@ API
 
     config = TrainConfig(lr=5e-4, max_steps=1000, warmup=0.06, grad_accum=2, precision="bf16",
                          eval_every=200, save_every=500)
-    result = train(model, train_data, loss_fn, config, out_dir, eval_fn=None, resume=False)
+    result = train(model, train_data, loss_fn, config, out_dir, eval_fn=None, resume=False, callbacks=[])
 
 ``model``
     a ``torch.nn.Module`` already on its device. Under ``torch.distributed`` (see ``bertrt.train.distributed``) the
@@ -28,6 +28,10 @@ API
     loop needs them before the backward pass. The loss reported is ``sum(term_sum / term_count)``.
 ``eval_fn(model) -> {name: float}``
     optional; run on rank 0 in eval mode (no grad, same autocast) every ``eval_every`` steps and at the end.
+``callbacks``
+    ``bertrt.train.callbacks.Callback`` objects: what the run does beyond forward/backward/step (early stopping,
+    penalties such as EWC, AdaLoRA's rank budget, logging) plugs in through their hooks - see that module for
+    the hooks and their order. A ``should_stop`` that answers True ends the run after the step (then it saves).
 ``tokenizer`` / ``save_fn(model, directory)``
     what a checkpoint holds besides ``train_state/``: by default a bertrt ``Bert`` is written as a Hugging Face
     style checkpoint (config.json, model.safetensors, tokenizer files); pass ``save_fn`` for other models.
@@ -51,10 +55,8 @@ run with a step or epoch limit that is killed and resumed gives exactly the same
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,6 +67,7 @@ import torch
 from ..atomic import atomic_dir
 from ..errors import BertrtError, CheckpointError, OutputExistsError
 from . import distributed as D
+from .callbacks import Callback, Loop, MetricsLogger, ProgressBar
 from .state import load_train_state, save_train_state
 
 PRECISIONS = ("fp32", "bf16")
@@ -131,6 +134,7 @@ class TrainConfig:
 class TrainResult:
     step: int
     epoch: int
+    stopped_early: bool = False  # a callback's should_stop ended the run
     history: list[dict] = field(default_factory=list)  # one record per optimizer step run by this call
     evals: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -234,58 +238,10 @@ def _default_save(model, directory: Path, tokenizer) -> None:
         write_checkpoint_files(model, directory, tokenizer)
 
 
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf  # a torn last line from a killed run: dropped
-
-
-class _Logger:
-    """TensorBoard (when importable) and metrics.jsonl; only on rank 0."""
-
-    def __init__(self, out_dir: Path, active: bool, resume_step: int | None):
-        """``resume_step``: continuing a run whose checkpoint is at this step - records logged after it (by the
-        run that crashed) are dropped, so no step appears twice; None: a new run, earlier records are removed."""
-        self.active, self.tb, self.file = active, None, None
-        if not active:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "metrics.jsonl"
-        if resume_step is None:
-            path.unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "logs", ignore_errors=True)
-        elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(path, "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "logs"), purge_step=resume_step)
-        except ImportError:
-            print("tensorboard is not installed: scalars go to metrics.jsonl only (pip install tensorboard)")
-
-    def log(self, step: int, prefix: str, scalars: dict) -> None:
-        if not self.active:
-            return
-        self.file.write(json.dumps({"step": step, "kind": prefix, **scalars}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in scalars.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
-
-    def close(self):
-        if self.file:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainConfig, out_dir,
           eval_fn: Callable | None = None, resume: bool = False, count_fn: Callable | None = None,
-          tokenizer=None, save_fn: Callable | None = None, force: bool = False) -> TrainResult:
+          tokenizer=None, save_fn: Callable | None = None, force: bool = False,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train ``model`` on ``train_data`` with ``loss_fn``; see the module docstring for the contract."""
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
@@ -335,13 +291,10 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
         return min(p, 1.0)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    logger = _Logger(out_dir, is_main, step if resume else None)
-    bar = None
-    if is_main and config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-                   desc="train" + (f" (budget {config.budget_s:.0f}s)" if config.budget_s else ""))
+    loop = Loop(model=model, optimizer=optimizer, config=config, out_dir=out_dir, is_main=is_main,
+                total_steps=total_steps, step=step, epoch=epoch, elapsed_s=elapsed,
+                resumed_from=step if resume else None)
+    callbacks = [MetricsLogger(config.log_every), *([ProgressBar()] if config.progress else []), *callbacks]
     result = TrainResult(step=step, epoch=epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     last_eval_step = -1
@@ -357,9 +310,8 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
                 metrics = {k: float(v) for k, v in eval_fn(model).items()}
             model.train()
             result.evals.append({"step": step, **metrics})
-            logger.log(step, "eval", metrics)
-            if bar is not None:
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            for cb in callbacks:
+                cb.on_eval(loop, metrics)
         D.barrier()
 
     def save():
@@ -378,8 +330,17 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
         return (total_steps is not None and step >= total_steps) or (config.budget_s is not None
                                                                      and t >= config.budget_s)
 
+    def stop_asked() -> bool:  # every callback is asked (none short-circuits another); all ranks agree
+        votes = [bool(cb.should_stop(loop)) for cb in callbacks]
+        stop = float(any(votes))
+        if world > 1:
+            stop = float(D.all_reduce_sum(torch.tensor([stop], dtype=torch.float64, device=device))[0])
+        return stop > 0
+
     t_start = time.perf_counter() - elapsed
     try:
+        for cb in callbacks:
+            cb.on_train_start(loop)
         while not done(elapsed):
             if position >= per_rank:  # next epoch
                 epoch, position = epoch + 1, 0
@@ -434,6 +395,9 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
                 grads = [p.grad for p in params if p.grad is not None]
                 if grads:
                     torch._foreach_mul_(grads, world / max(counts[0], 1.0))
+            extra = {}
+            for cb in callbacks:
+                extra.update(cb.on_gradients(loop) or {})
             if config.clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip))
             else:
@@ -442,8 +406,11 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * factor
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
+            loop.step, loop.epoch = step, epoch
+            for cb in callbacks:
+                cb.on_optimizer_step(loop)
+            optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             elapsed = time.perf_counter() - t_start
             if config.budget_s is not None and world > 1:  # every rank stops at the same step
@@ -456,23 +423,23 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
             if len(term_means) > 1:
                 record.update({f"loss_{n}": v for n, v in term_means.items()})
             record["grad_norm"] = grad_norm
+            record.update(extra)
+            loop.elapsed_s = elapsed
             result.history.append(record)
-            if step % config.log_every == 0 or step == 1:
-                logger.log(step, "train", {k: v for k, v in record.items() if k != "step"})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
-                                **({"left": f"{max(0, config.budget_s - elapsed):.0f}s"} if config.budget_s else {}))
+            for cb in callbacks:
+                cb.on_step_end(loop, record)
             if config.eval_every and step % config.eval_every == 0:
                 run_eval()
+            if stop_asked():
+                result.stopped_early = True
+                break
             if config.save_every and step % config.save_every == 0 and not done(elapsed):
                 save()
         run_eval()
         save()
     finally:
-        if bar is not None:
-            bar.close()
-        logger.close()
+        for cb in callbacks:
+            cb.on_train_end(loop)
     result.step, result.epoch, result.elapsed_s, result.tokens = step, epoch, elapsed, tokens_total
     return result
 

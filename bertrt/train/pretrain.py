@@ -1,4 +1,10 @@
-"""Pretraining from scratch: corpus -> tokenizer -> MLM (+ NSP) examples -> the training loop -> checkpoint.
+"""Pretraining: corpus -> tokenizer -> MLM (+ NSP) examples -> the training loop -> checkpoint.
+
+From scratch (a preset, a tokenizer trained on the corpus or given), or continued from an existing checkpoint
+(``PretrainConfig.from_checkpoint``: any bertrt or Hugging Face BERT directory, with its own tokenizer and
+weights - domain-adaptive pretraining). A continued run keeps MLM, and NSP when the checkpoint has an NSP head; a
+checkpoint without an MLM head (a plain ``BertModel`` such as sentence-transformers' MiniLM) gets a fresh one, whose
+output layer is tied to the pretrained word embeddings as always.
 
 ``pretrain(files, out_dir, PretrainConfig(...), TrainConfig(...))`` is what ``bertrt pretrain`` runs, in one
 process or under ``torchrun`` (rank 0 trains the tokenizer and tokenizes the corpus into the shared cache while
@@ -9,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,12 +49,15 @@ class PretrainConfig:
     cache_dir: str | None = None  # corpus cache; must be shared by all ranks (default ~/.cache/bertrt)
     device: str = "auto"
     model_overrides: dict = field(default_factory=dict)  # extra BertConfig fields (hidden sizes, dropout, ...)
+    from_checkpoint: str | None = None  # continue from this checkpoint (its tokenizer, weights and heads)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise BertrtError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.batch_size < 1:
             raise BertrtError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.from_checkpoint and self.tokenizer:
+            raise BertrtError("--from continues with the checkpoint's own tokenizer; drop --tokenizer")
 
 
 def _tokenizer(files: list[Path], cfg: PretrainConfig, out_dir: Path, resume: bool):
@@ -56,8 +65,8 @@ def _tokenizer(files: list[Path], cfg: PretrainConfig, out_dir: Path, resume: bo
 
     if resume:  # the run's own tokenizer, so ids cannot drift
         return load_tokenizer(out_dir / "checkpoint")
-    if cfg.tokenizer:
-        return load_tokenizer(cfg.tokenizer)
+    if cfg.tokenizer or cfg.from_checkpoint:
+        return load_tokenizer(cfg.tokenizer or cfg.from_checkpoint)
     cache = Path(cfg.cache_dir or default_cache_dir()).parent / "tokenizers"
     from ..digest import sha256_json
 
@@ -93,10 +102,40 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> Bert:
     return Bert(BertConfig.preset(cfg.preset, **overrides))
 
 
+def continued_task(path, nsp: bool = True) -> str:
+    """"pretrain" (MLM + NSP) when ``nsp`` is wanted and the checkpoint at ``path`` has an NSP head, else "mlm"."""
+    from ..checkpoint import read_config
+
+    src, _ = read_config(Path(path))
+    return "pretrain" if nsp and src.task == "pretrain" else "mlm"
+
+
+def load_continued(path, task: str, seq_len: int) -> Bert:
+    """The checkpoint at ``path`` with the heads of ``task`` (a missing MLM head starts fresh). In MLM-only runs a
+    pooler the checkpoint carries is kept but frozen: nothing trains it, and a later classifier starts from it."""
+    from ..checkpoint import load_checkpoint
+
+    model = load_checkpoint(path, task=task, init_missing_head=True)
+    if seq_len > model.config.max_position_embeddings:
+        raise BertrtError(f"--seq-len {seq_len} is longer than {path}'s {model.config.max_position_embeddings} "
+                          "positions; lower --seq-len")
+    if task == "mlm" and model.bert.pooler is not None:
+        for p in model.bert.pooler.parameters():
+            p.requires_grad_(False)
+    return model.train()
+
+
 def pretrain(files: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: PretrainConfig,
              train_cfg: TrainConfig, resume: bool = False, force: bool = False) -> tuple[Bert, TrainResult]:
-    """Pretrain a model from scratch (or ``resume`` the run in ``out_dir``); return it and the loop's result."""
+    """Pretrain a model from scratch or from ``cfg.from_checkpoint`` (or ``resume`` the run in ``out_dir``); return
+    it and the loop's result."""
     out_dir = Path(out_dir)
+    if cfg.from_checkpoint:  # the checkpoint decides NSP (its head) and the model; a resume rebuilds the run's own
+        source = out_dir / "checkpoint" if resume else Path(cfg.from_checkpoint)
+        task = continued_task(cfg.from_checkpoint, cfg.nsp)
+        if cfg.nsp and task == "mlm" and D.rank() == 0:
+            print(f"{cfg.from_checkpoint} has no NSP head: continuing with MLM only")
+        cfg = replace(cfg, nsp=task == "pretrain")
     _, _, device = D.init_distributed(cfg.device)
     files = collect_files(files)
     tok = _tokenizer(files, cfg, out_dir, resume)
@@ -118,7 +157,13 @@ def pretrain(files: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Pr
         eval_fn = lambda model: evaluate(model, eval_batches)  # noqa: E731
 
     torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg, tok.get_vocab_size()).to(device)
+    if cfg.from_checkpoint:
+        model = load_continued(source, task, cfg.seq_len).to(device)
+        if tok.get_vocab_size() > model.config.vocab_size:
+            raise BertrtError(f"{source}'s tokenizer has {tok.get_vocab_size()} tokens but its model only "
+                              f"{model.config.vocab_size} embeddings; the checkpoint is inconsistent")
+    else:
+        model = build_model(cfg, tok.get_vocab_size()).to(device)
     result = train(model, data, pretrain_loss, train_cfg, out_dir, eval_fn=eval_fn, resume=resume,
                    count_fn=pretrain_counts, tokenizer=tok, force=force)
     return model, result

