@@ -478,6 +478,7 @@ def serve(
     print_config: bool = typer.Option(False, "--print-config", help="With --ray: print the equivalent Ray Serve "
                                       "config (for `serve deploy` or a KubeRay RayService) instead of deploying."),
     long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
 ):
     """Serve an artifact over HTTP: POST /v1/predict (and /v1/mask with bertrt.mask), /healthz, /readyz, /metrics,
     /openapi.json. SIGHUP reloads --api-key-file."""
@@ -496,7 +497,8 @@ def serve(
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_concurrent_requests=max_concurrent_requests, timeout=timeout,
-                         liveness_timeout=liveness_timeout, long=long.value)
+                         liveness_timeout=liveness_timeout, long=long.value,
+                         trusted_keys=[str(k) for k in trusted_key] if trusted_key else None)
     limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
                         graceful_timeout=graceful_timeout)
     if ray or print_config:

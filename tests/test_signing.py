@@ -222,3 +222,20 @@ def test_runtime_imports_cryptography_only_for_trusted_keys(art):
             ".predict('x'); print('cryptography' in sys.modules, 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["False", "False"], (r.stdout, r.stderr)
+
+
+def test_serve_with_trusted_key_refuses_an_unsigned_artifact_and_serves_a_signed_one(art, keys):
+    import httpx
+
+    from .serving import serve_process
+
+    priv, pub, _ = keys["a"]
+    r = bertrt("serve", art, "--device", "cpu", "--threads", 1, "--port", 0, "--trusted-key", pub)
+    one_error_line(r, "is not signed", "bertrt sign")  # refused at start-up, before anything listens
+    sign_artifact(art, priv)
+    with serve_process(art, "--device", "cpu", "--threads", "1", "--trusted-key", str(pub)) as (url, _):
+        got = httpx.post(f"{url}/v1/predict", json={"inputs": TEXTS}, timeout=30).json()["outputs"]
+    expected = json.loads(json.dumps(Runtime(art, device="cpu", threads=1).predict(TEXTS)))
+    assert [o["label"] for o in got] == [o["label"] for o in expected]
+    for g, e in zip(got, expected):
+        assert g["scores"] == pytest.approx(e["scores"], abs=1e-5)

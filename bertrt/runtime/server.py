@@ -68,6 +68,7 @@ class ServeConfig:
     threads: int | None = None
     api_key: str | None = None
     api_key_file: str | None = None  # read at startup and on SIGHUP; with workers, only the path travels
+    trusted_keys: list[str] | None = None  # public key files: the artifact must be signed by one (bertrt sign)
     protect_metrics: bool = False  # /metrics and /openapi.json need a key too
     rate_limit: float | None = None  # requests per second per key (per client address without keys)
     rate_burst: float | None = None  # bucket size; default max(1, rate_limit)
@@ -141,7 +142,8 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
         from .runtime import Runtime
 
         runtime = Runtime(config.artifact, device=config.device, threads=config.threads,
-                          max_batch_tokens=max(config.max_batch_tokens, 1), long=config.long)
+                          max_batch_tokens=max(config.max_batch_tokens, 1), long=config.long,
+                          trusted_keys=config.trusted_keys or None)
     digest = artifact_sha256(runtime)
     metrics = Metrics(runtime.device, runtime.task, __version__, digest, workers=config.workers)
     state = {"ready": False, "batcher": None, "admitted": 0}
