@@ -50,9 +50,9 @@ def test_ray_answers_equal_runtime_and_keep_the_http_contract(cluster, tiny_arti
 
     art = tiny_artifact("classify")
     key = tmp_path / "key"
-    key.write_text("s3cret-key\n")
+    key.write_text("ray-replica-s3cret-key\n")
     deploy(art, min_replicas=1, max_replicas=1, api_key_file=str(key))
-    auth = {"Authorization": "Bearer s3cret-key"}
+    auth = {"Authorization": "Bearer ray-replica-s3cret-key"}
     with httpx.Client(base_url=cluster, timeout=60) as client:
         r = client.post("/v1/predict", json={"inputs": TEXTS}, headers=auth)
         assert r.status_code == 200, r.text

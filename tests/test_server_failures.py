@@ -54,7 +54,7 @@ def wait_depth(url, n, limit=10.0):
 def test_a_bad_input_fails_only_its_own_request_in_a_shared_batch(runtime):
     """A crafted model whose logits have one column more than its label table, and that column wins for inputs
     holding a marker word: postprocessing fails (IndexError) for those inputs alone."""
-    marker = runtime.encode(["museum"])[0].ids[1]
+    marker = runtime.encode(["museum"])[0].windows[0].ids[1]
 
     def extra_label(feeds, outputs):
         marked = (feeds["input_ids"] == marker).any(axis=1)
@@ -90,7 +90,7 @@ def test_a_bad_input_fails_only_its_own_request_in_a_shared_batch(runtime):
 
 
 def test_nan_output_is_an_error_for_that_input_only(runtime):
-    marker = runtime.encode(["museum"])[0].ids[1]
+    marker = runtime.encode(["museum"])[0].windows[0].ids[1]
 
     def poison(feeds, outputs):
         logits = outputs["logits"].copy()
