@@ -11,6 +11,11 @@ import time
 
 import httpx
 
+try:
+    from .serving import samples
+except ImportError:
+    from serving import samples
+
 from bertrt.runtime import Runtime
 
 
@@ -93,7 +98,10 @@ def test_serve_with_key_file_finishes_in_flight_requests_on_sigterm(tiny_artifac
         threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # requests are waiting in the batcher
+        deadline = time.monotonic() + 30  # wait until all 4 are in flight (held by the 1.5 s batching wait)
+        while samples(httpx.get(f"{url}/metrics").text).get("bertrt_requests_in_flight", 0) < 4 and not results:
+            assert time.monotonic() < deadline, "the 4 requests never were in flight together"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(30)
