@@ -57,7 +57,8 @@ def mask_all(mask, texts: list[str], style: str = "tag", types=None) -> list[dic
 def mask_inputs(mask, inputs: list) -> list:
     """Predict inputs (strings or objects of strings) with every text masked (tag style), so the model and all
     that follows never see the raw values."""
-    return [masked_text(mask, i) if isinstance(i, str) else {k: masked_text(mask, v) for k, v in i.items()}
+    return [masked_text(mask, i) if isinstance(i, str)
+            else {k: masked_text(mask, v) if isinstance(v, str) else v for k, v in i.items()}  # relation spans
             for i in inputs]
 
 
