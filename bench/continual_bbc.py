@@ -144,7 +144,7 @@ def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None
             acc = accuracy_on(out, files)
             drop(out, args.keep_checkpoints)
             c = res.continual
-            return {**acc, "steps": res.steps, "replayed": c.get("replayed"),
+            return {**acc, "steps": res.steps, "replayed": c.get("replayed"), "repeat": kw.get("replay_repeat"),
                     "old_before": c["old"]["before"], "forgetting": c["old"]["forgetting"]}
 
         print(f"seed {seed} {name}: {json.dumps(cached(r / f'{name}.json', stage2))}", flush=True)
