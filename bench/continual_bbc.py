@@ -35,14 +35,13 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from bertrt.data.bbc import bbc_split, write_jsonl
+from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
 
 INCREMENTAL = ("stage1", "naive", "replay", "replay-rep", "ewc", "joint")
 DAPT = ("original", "continued")
@@ -198,17 +197,6 @@ def run_dapt(args, seed: int, data: dict, work: Path, runs: Path) -> None:
 
         print(f"seed {seed} fine-tuned from {name}: {json.dumps(cached(r / f'{name}.json', ft))}", flush=True)
     drop(w / "pretrain", args.keep_checkpoints)
-
-
-def few_shot(rows: list[dict], per_topic: int, seed: int) -> list[dict]:
-    """``per_topic`` training articles of each topic, drawn with ``seed`` (in split order otherwise)."""
-    rng = random.Random(seed)
-    out = []
-    for t in sorted({r["label"] for r in rows}):
-        mine = [r for r in rows if r["label"] == t]
-        out += rng.sample(mine, min(per_topic, len(mine)))
-    rng.shuffle(out)
-    return out
 
 
 def prepare(args, work: Path) -> dict:

@@ -71,6 +71,17 @@ def short_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def few_shot(rows: list[dict], per_topic: int, seed: int) -> list[dict]:
+    """``per_topic`` rows of each label, drawn with ``seed`` and shuffled: the one low-resource sampler of the benches."""
+    rng = random.Random(seed)
+    out = []
+    for t in sorted({r["label"] for r in rows}):
+        mine = [r for r in rows if r["label"] == t]
+        out += rng.sample(mine, min(per_topic, len(mine)))
+    rng.shuffle(out)
+    return out
+
+
 def write_jsonl(path: str | os.PathLike, rows: list[dict], keys=("text", "label")) -> Path:
     """Write rows as JSONL with only ``keys`` (the classify format ``bertrt finetune`` and ``bertrt bench`` read)."""
     path = Path(path)
