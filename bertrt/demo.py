@@ -18,7 +18,7 @@ real pretrained model gives in the same pipeline.
 
 Full sizes (``DemoSizes.full``; sized to about 13 minutes on 2 quiet cores from per-step times, not yet timed end
 to end there): all 2,225 articles, an 8,000-piece vocabulary, the ``mini`` preset (4 layers, hidden 256)
-pretrained for 250 steps of 32 x 128 tokens, 2 epochs of fine-tuning on the articles plus their short rows; MiniLM
+pretrained for 250 steps of 32 x 128 tokens, 4 epochs of fine-tuning on the articles plus their short rows; MiniLM
 continued for 40 steps of 16 x 128 tokens and fine-tuned for 1 epoch on the articles; bench at batch 1 and 32 on
 the 445 test articles. ``dry_run`` shrinks every size so that every stage runs in a couple of minutes (CI runs it);
 its numbers mean nothing.
@@ -58,7 +58,7 @@ class DemoSizes:
     @classmethod
     def full(cls) -> "DemoSizes":
         return cls(articles=None, vocab_size=8000, preset="mini", seq_len=128, pretrain_steps=250,
-                   finetune_epochs=2.0, finetune_lr=3e-4, minilm_pretrain_steps=40, minilm_epochs=1.0,
+                   finetune_epochs=4.0, finetune_lr=3e-4, minilm_pretrain_steps=40, minilm_epochs=1.0,
                    minilm_lr=1e-4, keep_flops=0.6, batch_sizes=[1, 32], repeats=2, latency_n=50, bench_limit=None,
                    peers=["torch-fp32", "ort-int8"])
 
