@@ -65,18 +65,16 @@ def test_waits_for_max_wait_then_runs_a_partial_batch():
     b = Batcher(fake, max_batch_tokens=10_000, max_wait_ms=150)
     t = time.perf_counter()
     assert b.submit("x", 4).result(5) == ("done", "x")
-    waited = time.perf_counter() - t
-    assert 0.14 <= waited < 2.0
+    assert time.perf_counter() - t >= 0.14  # it did wait (a busy machine only makes the wait longer)
     b.close()
 
 
 def test_full_batch_does_not_wait():
     fake = Fake()
-    b = Batcher(fake, max_batch_tokens=10_000, max_batch_size=2, max_wait_ms=5000)
-    t = time.perf_counter()
+    b = Batcher(fake, max_batch_tokens=10_000, max_batch_size=2, max_wait_ms=600_000)
     futures = [b.submit(k, 4) for k in "ab"]
-    [f.result(5) for f in futures]
-    assert time.perf_counter() - t < 2.0  # the batch was full: it ran long before max_wait
+    # had it waited for max_wait (10 minutes) the results would time out; the full batch ran at once
+    assert [f.result(60) for f in futures] == [("done", "a"), ("done", "b")]
     b.close(drain=False)
 
 
