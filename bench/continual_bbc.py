@@ -58,6 +58,8 @@ def parse_args(argv):
     ap.add_argument("--epochs", type=float, default=1, help="Fine-tuning epochs of every stage and of joint (one, "
                     "at --lr 1e-4, keeps a seed of the whole experiment to about 16 minutes on 2 quiet cores).")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--stage2-lr", type=float, help="Learning rate of stage 2 (default --lr): a lower one moves the "
+                    "encoder less away from what stage 1 learned.")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--replay-ratio", type=float, default=0.1)
@@ -112,9 +114,11 @@ def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None
     w = work / "incremental" / f"seed{seed}"
     r = runs / "incremental" / f"seed{seed}"
 
-    def cfg(**kw):
+    def cfg(lr=args.lr, **kw):
         return FinetuneConfig("classify", max_length=args.max_length, batch_size=args.batch_size, epochs=args.epochs,
-                              lr=args.lr, seed=seed, progress=False, fisher_samples=args.fisher_samples, **kw)
+                              lr=lr, seed=seed, progress=False, fisher_samples=args.fisher_samples, **kw)
+
+    lr2 = args.stage2_lr or args.lr
 
     stage1 = w / "stage1"
 
@@ -138,12 +142,12 @@ def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None
             if not (stage1 / "config.json").is_file():
                 finetune(data["train_old"], stage1, args.base, cfg(), force=True)  # a cached stage 1 lost its files
             out = w / name
-            res = finetune(data["train_new"], out, stage1, cfg(**kw), force=True, eval_old_path=data["test_old"],
+            res = finetune(data["train_new"], out, stage1, cfg(lr2, **kw), force=True, eval_old_path=data["test_old"],
                            **paths)
             acc = accuracy_on(out, files)
             drop(out, args.keep_checkpoints)
             c = res.continual
-            return {**acc, "steps": res.steps, "replayed": c.get("replayed"), "repeat": kw.get("replay_repeat"),
+            return {**acc, "steps": res.steps, "replayed": c.get("replayed"), "repeat": kw.get("replay_repeat"), "lr": lr2,
                     "old_before": c["old"]["before"], "forgetting": c["old"]["forgetting"]}
 
         print(f"seed {seed} {name}: {json.dumps(cached(r / f'{name}.json', stage2))}", flush=True)

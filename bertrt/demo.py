@@ -150,7 +150,7 @@ def run_demo(out: Path, dry_run: bool = False, force: bool = False, log=None) ->
         # the short rows of the training articles (never of the test ones) teach it that texts can be short
         both = write_jsonl(data / "train_and_short.jsonl", train + short_rows(train))
         fcfg = FinetuneConfig(task="classify", max_length=sizes.seq_len, batch_size=32 if not dry_run else 16,
-                              epochs=sizes.finetune_epochs, lr=sizes.finetune_lr)
+                              epochs=sizes.finetune_epochs, lr=sizes.finetune_lr, group_by_length=True)
         r = finetune(both, out / "finetuned", out / "pretrain" / "checkpoint", fcfg, device="cpu")
         summary["finetune"] = {"steps": r.steps, "examples": 3 * len(train)}
         classifiers[f"{sizes.preset}, from scratch"] = _accuracies(out / "finetuned", test_file, short_file)

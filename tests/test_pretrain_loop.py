@@ -218,3 +218,25 @@ def test_callbacks_run_in_order_and_can_stop_the_run(tmp_path):
     assert probe.calls == [("start", 0), ("grads", 0), ("opt", 1), ("end", 1), ("grads", 1), ("opt", 2), ("end", 2),
                            ("train_end", 2)]
     assert json.loads((tmp_path / "r/checkpoint/train_state/state.json").read_text())["step"] == 2  # saved at stop
+
+
+def test_group_by_length_keeps_every_item_once_and_pads_less():
+    lengths = [(i * 37) % 120 + 8 for i in range(1000)]  # short and long texts mixed
+    items = list(range(1000))
+    ident = lambda xs: xs  # noqa: E731  (collate: the item ids themselves)
+    plain = EpochBatches(items, 16, ident, seed=5)
+    grouped = EpochBatches(items, 16, ident, seed=5, lengths=lengths)
+
+    def padded_tokens(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    for epoch in (0, 1):
+        a, b = list(plain(epoch)), list(grouped(epoch))
+        assert sorted(i for x in b for i in x) == items  # each item exactly once
+        assert len(b) == len(a) == 63
+        assert sum(len(x) < 16 for x in b) == 1  # only the last item group leaves a short batch
+        assert padded_tokens(b) < 0.6 * padded_tokens(a)  # measured: 0.58 and 0.57 of random batching's padding
+    assert list(grouped(0)) == list(EpochBatches(items, 16, ident, seed=5, lengths=lengths)(0))  # seeded
+    assert list(grouped(0)) != list(grouped(1))  # a new order every epoch
+    assert list(plain(0)) == [items_ for items_ in (lambda o: [o[i:i + 16] for i in range(0, 1000, 16)])(
+        torch.randperm(1000, generator=torch.Generator().manual_seed(5 * 1_000_003)).tolist())]  # unchanged
