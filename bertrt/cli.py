@@ -295,8 +295,8 @@ def demo(
     output: Path = typer.Option(Path("demo-out"), "-o", "--output", help="Folder for every output of the run "
                                 "(data splits, tokenizer, checkpoints, artifacts, bench results, summary.json)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Tiny sizes: every stage runs, in under 2 minutes, with "
-                                 "meaningless numbers (CI uses it). Leave it off for the real run (sized to about 13 "
-                                 "minutes on 2 quiet cores; step counts, not seconds, so a seed gives the same models "
+                                 "meaningless numbers (CI uses it). Leave it off for the real run (12-14.5 minutes "
+                                 "on 2 cores; step counts, not seconds, so a seed gives the same models "
                                  "anywhere)."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists (it is deleted first)."),
 ):
