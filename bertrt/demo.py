@@ -16,10 +16,9 @@ on 128-token article prefixes alone, every input it saw was full length, and a s
 distribution - the likely reason a weak model put the headlines below chance. The MiniLM classifier shows what a
 real pretrained model gives in the same pipeline.
 
-Full sizes (``DemoSizes.full``; 12-14.5 minutes end to end on 2 cores: two runs,
-identical accuracies): all
-2,225 articles, an 8,000-piece vocabulary, the ``mini`` preset (4 layers, hidden 256) pretrained for 250 steps of
-32 x 128 tokens, 4 epochs of fine-tuning on the articles plus their short rows in batches of similar lengths (random
+Full sizes (``DemoSizes.full``; 12-14.5 minutes end to end on 2 cores: two runs, identical accuracies): all 2,225
+articles, an 8,000-piece vocabulary, the ``mini`` preset (4 layers, hidden 256) pretrained for 250 steps of 32 x 128
+tokens, 4 epochs of fine-tuning on the articles plus their short rows in batches of similar lengths (random
 batches padded every short row to 128 tokens: the stage took 393 s instead of 181 s), MiniLM
 continued for 40 steps of 16 x 128 tokens and fine-tuned for 1 epoch on the articles; bench at batch 1 and 32 on
 the 445 test articles. ``dry_run`` shrinks every size so that every stage runs in a couple of minutes (CI runs it);
