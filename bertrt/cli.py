@@ -713,6 +713,7 @@ class PeftMethod(str, Enum):
 class Adversarial(str, Enum):
     none = "none"
     fgm = "fgm"
+    pgd = "pgd"
 
 
 class Anchor(str, Enum):
@@ -771,8 +772,14 @@ def finetune_command(
     class_weights: bool = typer.Option(False, "--class-weights", help="Weight the loss by inverse class frequency: "
                                        "use it when some classes are rare."),
     adversarial: Adversarial = typer.Option(Adversarial.none, "--adversarial", help="fgm: also train on word "
-                                            "embeddings perturbed along the loss gradient (robustness; ~2x the cost)."),
-    adv_epsilon: float = typer.Option(1.0, help="Size of the FGM perturbation."),
+                                            "embeddings perturbed along the loss gradient (robustness; ~2x the cost); "
+                                            "pgd: a stronger attack of --adv-steps steps (~(2 + steps)x the cost)."),
+    adv_epsilon: float = typer.Option(1.0, help="Size of the perturbation (FGM: of the whole batch's; PGD: the "
+                                      "radius of each example's). Larger is more robust, until clean accuracy drops."),
+    adv_steps: int = typer.Option(3, help="PGD's ascent steps: more find a stronger perturbation, each costs a "
+                                  "forward and backward pass."),
+    adv_alpha: float = typer.Option(None, help="PGD's step size (default 2.5 x epsilon / steps, so the walk reaches "
+                                    "the ball's surface)."),
     new_head: bool = typer.Option(False, "--new-head", help="Start the task head afresh. By default a --from model "
                                   "of the same task keeps its head rows for the labels it knows and gains rows for "
                                   "new ones (continual learning); use this to re-purpose it for unrelated labels."),
@@ -816,7 +823,7 @@ def finetune_command(
                          eval_every=eval_every, save_every=save_every, patience=patience,
                          class_weights=class_weights,
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
-                         adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
+                         adv_epsilon=adv_epsilon, adv_steps=adv_steps, adv_alpha=adv_alpha, doc_stride=doc_stride, seed=seed, precision=precision,
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
                          replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,

@@ -63,8 +63,10 @@ class FinetuneConfig:
     save_every: int = 0  # optimizer steps between resumable checkpoints in OUT/run/checkpoint; 0 = at the end only
     patience: int | None = None  # evaluations without improvement before stopping; None = never stop early
     class_weights: bool = False
-    adversarial: str | None = None  # "fgm"
+    adversarial: str | None = None  # "fgm" or "pgd" (bertrt.train.objectives)
     adv_epsilon: float = 1.0
+    adv_steps: int = 3  # PGD's ascent steps
+    adv_alpha: float | None = None  # PGD's step size; None: 2.5 * adv_epsilon / adv_steps
     doc_stride: int | None = None  # QA window overlap; None: max_length // 4
     seed: int = 0
     precision: str = "fp32"
@@ -82,8 +84,10 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.task not in T.TASK_FORMATS:
             raise BertrtError(f"--task must be one of {', '.join(T.TASK_FORMATS)}, not {self.task!r}")
-        if self.adversarial not in (None, "fgm"):
-            raise BertrtError(f"--adversarial supports 'fgm', not {self.adversarial!r}")
+        if self.adversarial not in (None, "fgm", "pgd"):
+            raise BertrtError(f"--adversarial supports 'fgm' and 'pgd', not {self.adversarial!r}")
+        if self.adv_epsilon <= 0 or self.adv_steps < 1 or (self.adv_alpha is not None and self.adv_alpha <= 0):
+            raise BertrtError("--adv-epsilon and --adv-alpha must be > 0 and --adv-steps >= 1")
         if self.class_weights and self.task not in ("classify", "ner"):
             raise BertrtError(f"--class-weights applies to classify and ner, not {self.task}")
         if self.merge and self.peft is None:
@@ -223,7 +227,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         flat = [i for x in ids for i in (x if isinstance(x, list) else [x])]
         weights = balanced_class_weights(flat, len(labels))
     loss_fn = make_loss_fn(task, weights, config.adversarial, config.adv_epsilon,
-                           peft.regularizer if peft is not None else None)
+                           peft.regularizer if peft is not None else None, config.adv_steps, config.adv_alpha)
     pad_id = tok.token_to_id("[PAD]") or 0
 
     # ---- continual learning: the old task before training, and the anchor (its references are the step-0 weights)
