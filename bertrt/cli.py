@@ -87,6 +87,11 @@ def info(
     typer.echo(json.dumps(report, indent=2) if as_json else format_checkpoint_report(path, report))
 
 
+WANDB_HELP = ("Also log the scalars (loss, learning rate, evaluations) to this Weights & Biases project (pip install "
+              "'bertrt[track]'); WANDB_MODE=offline keeps the run on disk in the run folder's wandb/ for a later "
+              "`wandb sync`.")
+
+
 # ---------------------------------------------------------------------------------------------------- pretrain
 @app.command("pretrain")
 def pretrain_command(
@@ -135,6 +140,7 @@ def pretrain_command(
     cache_dir: Path = typer.Option(None, help="Where the tokenized corpus is cached (default ~/.cache/bertrt, or "
                                    "$BERTRT_CACHE). Under multi-node torchrun it must be on a shared filesystem."),
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
+    wandb: str = typer.Option(None, "--wandb", help=WANDB_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where its last "
                                 "checkpoint stopped (same settings, same number of processes)."),
     force: bool = typer.Option(False, "--force", help="Start over, replacing an existing run in --output."),
@@ -154,7 +160,8 @@ def pretrain_command(
                          from_checkpoint=str(from_) if from_ else None)
     train_cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, max_steps=max_steps, epochs=epochs,
                             budget_s=parse_duration(budget) if budget else None, grad_accum=grad_accum,
-                            precision=precision, seed=seed, eval_every=eval_every, save_every=save_every)
+                            precision=precision, seed=seed, eval_every=eval_every, save_every=save_every,
+                            wandb=wandb)
     try:
         _, result = pretrain(files, output, cfg, train_cfg, resume=resume, force=force)
     finally:
@@ -803,6 +810,7 @@ def finetune_command(
                                   "after, so the run reports what it forgot beside what it gained."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
     seed: int = typer.Option(0, help="Seed of the head's initialisation, data order, replay sample and dropout."),
+    wandb: str = typer.Option(None, "--wandb", help=WANDB_HELP),
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from --output's last "
                                 "checkpoint."),
@@ -827,7 +835,7 @@ def finetune_command(
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
                          replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,
-                         fisher_samples=fisher_samples)
+                         fisher_samples=fisher_samples, wandb=wandb)
     r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,
                  replay_path=replay, eval_old_path=eval_old, fisher_path=fisher_data)
     share = 100 * r.trainable_parameters / r.total_parameters

@@ -73,6 +73,7 @@ class FinetuneConfig:
     peft: PeftConfig | None = None
     merge: bool = False
     progress: bool = True
+    wandb: str | None = None  # a W&B project to log the run's scalars to (bertrt.train.tracking)
     # continual learning (bertrt.train.continual); the data files are finetune()'s replay_path / eval_old_path
     new_head: bool = False  # start the head afresh instead of keeping the previous model's rows for known labels
     replay_ratio: float = 0.1  # with replay data: the share of it kept as the rehearsal memory
@@ -266,7 +267,8 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     loop_cfg = TrainConfig(lr=config.lr or DEFAULT_LR[config.peft.method if config.peft else None],
                            weight_decay=config.weight_decay, warmup=config.warmup, max_steps=total_steps,
                            seed=config.seed, precision=config.precision, progress=config.progress,
-                           eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every)
+                           eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every,
+                           wandb=config.wandb)
     batches = EpochBatches(train_feats, batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
     keep_best = EarlyStopping(config.patience, params=_kept)
