@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .cli_augment import AugmentMethod, DataTask as FinetuneTask, app as augment_app
 from .cli_security import app as security_app
 from .errors import BertrtError
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 tokenizer_app = typer.Typer(help="Train and inspect WordPiece tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(security_app)  # keygen, sign, mask: top-level commands kept in their own module
+app.add_typer(augment_app)  # augment
 
 
 def _version(value: bool):
@@ -701,14 +703,6 @@ def verify(
 
 
 # ---------------------------------------------------------------------------------------------------- finetune
-class FinetuneTask(str, Enum):
-    classify = "classify"
-    multilabel = "multilabel"
-    relation = "relation"
-    ner = "ner"
-    qa = "qa"
-
-
 class PeftMethod(str, Enum):
     none = "none"
     lora = "lora"
@@ -787,6 +781,14 @@ def finetune_command(
                                   "forward and backward pass."),
     adv_alpha: float = typer.Option(None, help="PGD's step size (default 2.5 x epsilon / steps, so the walk reaches "
                                     "the ball's surface)."),
+    augment: Optional[AugmentMethod] = typer.Option(None, "--augment", help="eda or mlm: train on fresh variants "
+                                                    "of every training example each epoch besides the example (see "
+                                                    "`bertrt augment`); helps most with a few hundred examples or "
+                                                    "fewer. The --eval data is never augmented."),
+    augment_per_example: int = typer.Option(1, help="Variants of each training example per epoch (each epoch then "
+                                            "has 1 + this many times the steps)."),
+    augment_from: Path = typer.Option(None, help="--augment mlm: the checkpoint whose masked-LM head fills the "
+                                      "masks (default --from, which then needs one)."),
     new_head: bool = typer.Option(False, "--new-head", help="Start the task head afresh. By default a --from model "
                                   "of the same task keeps its head rows for the labels it knows and gains rows for "
                                   "new ones (continual learning); use this to re-purpose it for unrelated labels."),
@@ -831,7 +833,10 @@ def finetune_command(
                          eval_every=eval_every, save_every=save_every, patience=patience,
                          class_weights=class_weights,
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
-                         adv_epsilon=adv_epsilon, adv_steps=adv_steps, adv_alpha=adv_alpha, doc_stride=doc_stride, seed=seed, precision=precision,
+                         adv_epsilon=adv_epsilon, adv_steps=adv_steps, adv_alpha=adv_alpha,
+                         augment=augment.value if augment else None, augment_per_example=augment_per_example,
+                         augment_from=str(augment_from) if augment_from else None, doc_stride=doc_stride, seed=seed,
+                         precision=precision,
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
                          replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,

@@ -1,19 +1,18 @@
 """PGD adversarial training on word embeddings: per-example norm balls, its relation to FGM, and that it trains."""
 
 import json
-import sys
 
 import pytest
 import torch
 
 from bertrt.checkpoint import load_checkpoint
-from bertrt.cli import main
 from bertrt.data import tasks as T
 from bertrt.errors import BertrtError
 from bertrt.tokenizer import load_tokenizer
 from bertrt.train.objectives import make_loss_fn, pgd_perturbation, project_l2, task_loss
 
 from .finetune_fixtures import one_thread, classify_rows, make_base, write_jsonl  # noqa: F401  (one_thread: autouse)
+from .test_finetune_cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +92,10 @@ def test_finetune_with_pgd_learns_the_task(base, tmp_path, monkeypatch, capsys):
     # epsilon is in the embeddings' units: the tiny model's word vectors have norm ~0.1 (std 0.02, 32 dimensions)
     train = write_jsonl(tmp_path / "train.jsonl", classify_rows(160, 1))
     ev = write_jsonl(tmp_path / "eval.jsonl", classify_rows(40, 2))
-    monkeypatch.setattr(sys, "argv", ["bertrt", "finetune", str(train), "--task", "classify", "--from", str(base),
-                                      "--eval", str(ev), "-o", str(tmp_path / "m"), "--batch-size", "16",
-                                      "--max-length", "32", "--lr", "4e-3", "--epochs", "8", "--adversarial", "pgd",
-                                      "--adv-steps", "2", "--adv-epsilon", "0.01"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code in (0, None), capsys.readouterr().err
+    code, _, err = cli(monkeypatch, capsys, "finetune", train, "--task", "classify", "--from", base, "--eval", ev,
+                       "-o", tmp_path / "m", "--batch-size", 16, "--max-length", 32, "--lr", 4e-3, "--epochs", 8,
+                       "--adversarial", "pgd", "--adv-steps", 2, "--adv-epsilon", 0.01)
+    assert code in (0, None), err
     info = json.loads((tmp_path / "m" / "finetune.json").read_text())
     assert info["config"]["adversarial"] == "pgd" and info["config"]["adv_steps"] == 2
     assert info["best"]["accuracy"] >= 0.9, info["evals"]

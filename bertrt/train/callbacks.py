@@ -15,8 +15,8 @@ is_main). The order within one optimizer step::
     should_stop(loop) -> bool                 any True ends the run after this step (then the final save)
     on_train_end(loop)                        always, also when the run fails (close files here)
 
-The loop itself always adds ``MetricsLogger`` (metrics.jsonl, TensorBoard and, when asked, W&B) and, with ``progress``, a
-``ProgressBar``. ``EarlyStopping`` keeps the best weights by an evaluation metric and stops on patience;
+The loop itself always adds ``MetricsLogger`` (metrics.jsonl, TensorBoard and, when asked, W&B) and, with
+``progress``, a ``ProgressBar``. ``EarlyStopping`` keeps the best weights by an evaluation metric and stops on patience;
 ``bertrt.train.continual`` adds the EWC / L2-SP anchors the same way.
 """
 

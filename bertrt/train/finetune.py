@@ -74,6 +74,9 @@ class FinetuneConfig:
     merge: bool = False
     progress: bool = True
     wandb: str | None = None  # a W&B project to log the run's scalars to (bertrt.train.tracking)
+    augment: str | None = None  # "eda" or "mlm": fresh variants of the training data every epoch (bertrt.data.augment)
+    augment_per_example: int = 1  # variants of each training example per epoch, beside the example itself
+    augment_from: str | None = None  # mlm: the checkpoint whose masked-LM head fills the masks (default: from)
     # continual learning (bertrt.train.continual); the data files are finetune()'s replay_path / eval_old_path
     new_head: bool = False  # start the head afresh instead of keeping the previous model's rows for known labels
     replay_ratio: float = 0.1  # with replay data: the share of it kept as the rehearsal memory
@@ -87,6 +90,8 @@ class FinetuneConfig:
             raise BertrtError(f"--task must be one of {', '.join(T.TASK_FORMATS)}, not {self.task!r}")
         if self.adversarial not in (None, "fgm", "pgd"):
             raise BertrtError(f"--adversarial supports 'fgm' and 'pgd', not {self.adversarial!r}")
+        if self.augment not in (None, "eda", "mlm") or self.augment_per_example < 1:
+            raise BertrtError(f"--augment must be eda or mlm (not {self.augment!r}) and --augment-per-example >= 1")
         if self.adv_epsilon <= 0 or self.adv_steps < 1 or (self.adv_alpha is not None and self.adv_alpha <= 0):
             raise BertrtError("--adv-epsilon and --adv-alpha must be > 0 and --adv-steps >= 1")
         if self.class_weights and self.task not in ("classify", "ner"):
@@ -201,12 +206,18 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
               "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
               "qa": lambda ex: T.encode_qa(ex, tok, max_length, config.doc_stride)}[task]
     train_feats = encode(train_ex)
+    n_augmented = len(train_feats) * config.augment_per_example if config.augment else 0
+    filler = None
+    if config.augment == "mlm":  # its masked-LM head, loaded (and checked) before training starts
+        from .augment import MlmFiller
+
+        filler = MlmFiller(config.augment_from or from_path, _device(device), max_length=max_length)
     replayed = 0
     if replay_ex is not None:  # the rehearsal memory, mixed into every epoch's shuffle
         memory = [replay_ex[i] for i in replay_sample(len(replay_ex), config.replay_ratio, config.seed)]
         train_feats, replayed = train_feats + encode(memory) * config.replay_repeat, len(memory)
     batch_size = config.batch_size or default_batch_size(len(train_ex))
-    steps_per_epoch = math.ceil(len(train_feats) / batch_size)
+    steps_per_epoch = math.ceil((len(train_feats) + n_augmented) / batch_size)
     total_steps = math.ceil(config.epochs * steps_per_epoch)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -270,6 +281,11 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
                            eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every,
                            wandb=config.wandb)
     batches = EpochBatches(train_feats, batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed)
+    if config.augment:  # the training examples only (never eval, replay or Fisher data), afresh every epoch
+        from .augment import AugmentedEpochs
+
+        batches = AugmentedEpochs(task, train_ex, train_feats, encode, config.augment, config.augment_per_example,
+                                  batch_size, lambda fs: T.collate(fs, pad_id), config.seed, filler)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
     keep_best = EarlyStopping(config.patience, params=_kept)
     callbacks = [keep_best, *extra_callbacks] + ([_PeftSteps(peft)] if peft is not None else [])
