@@ -49,9 +49,10 @@ def augment_command(
     """Augment training data: EDA-style edits or masked-LM substitution, labels kept aligned."""
     from .atomic import write_file_atomic
     from .data import tasks as T
-    from .data.augment import augment, task_file_text
+    from .data.augment import augment, check_output_name, task_file_text
     from .errors import BertrtError
 
+    check_output_name(task.value, output)
     if output.exists() and not force:  # before any model is loaded
         raise BertrtError(f"{output} already exists; pass --force to replace it")
     examples = T.read_task(data, task.value)

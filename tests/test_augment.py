@@ -185,6 +185,8 @@ def test_augment_command_writes_originals_then_variants(tmp_path, monkeypatch, c
     assert written[10:] == augment("ner", written[:10], "eda", per_example=3, seed=4)
     code, _, err = cli(monkeypatch, capsys, "augment", src, "-o", out, "--task", "ner")
     assert code == 1 and "already exists" in err
+    code, _, err = cli(monkeypatch, capsys, "augment", src, "-o", tmp_path / "aug.conll", "--task", "ner")
+    assert code == 1 and "give the output a .jsonl or .json name" in err
     code, _, err = cli(monkeypatch, capsys, "augment", src, "-o", tmp_path / "m.jsonl", "--task", "ner",
                        "--method", "mlm")
     assert code == 1 and "needs --from" in err and not (tmp_path / "m.jsonl").exists()

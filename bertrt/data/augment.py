@@ -32,6 +32,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..errors import BertrtError
 from ..tasks.decode import entity_spans
@@ -251,6 +252,14 @@ def task_rows(task: str, examples: list):
             row = {"text": e.text, **({"text_pair": e.text_pair} if e.text_pair is not None else {})}
             rows.append({**row, **({"labels": e.labels} if task == "multilabel" else {"label": e.label})})
     return rows
+
+
+def check_output_name(task: str, path) -> None:
+    """The file name must make ``read_task`` read what ``task_file_text`` writes (it goes by the suffix)."""
+    wanted = (".json",) if task == "qa" else (".jsonl", ".json") if task == "ner" else (".jsonl",)
+    if Path(path).suffix.lower() not in wanted:
+        raise BertrtError(f"{task} data is written as {'SQuAD v1.1 JSON' if task == 'qa' else 'JSONL'}: give the "
+                          f"output a {' or '.join(wanted)} name so that bertrt reads it back as such")
 
 
 def task_file_text(task: str, examples: list) -> str:

@@ -33,7 +33,8 @@ class WandbWriter:
         import wandb
 
         # console="off": W&B would otherwise wrap stdout/stderr (the progress bar, pytest's capture)
-        self.run = wandb.init(project=project, dir=str(out_dir), name=Path(out_dir).resolve().name,
+        where = Path(out_dir).resolve()  # named after the run folder and its parent (finetune's is OUT/run)
+        self.run = wandb.init(project=project, dir=str(out_dir), name=f"{where.parent.name}/{where.name}",
                               config={**config, "resumed_from": resumed_from},
                               settings=wandb.Settings(console="off", silent=True))
 
