@@ -1,4 +1,4 @@
-"""Atomic directory writes: build the output in a temporary sibling, then rename it into place.
+"""Atomic writes: build the output (a directory, or one file) in a temporary sibling, then rename it into place.
 
 A crash (or Ctrl-C, or a failed parity gate) at any point leaves either the old directory or nothing, never a
 half-written directory that looks complete. Replacing an existing directory needs ``force``.
@@ -53,3 +53,25 @@ def atomic_dir(path: str | os.PathLike, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_file_atomic(path: str | os.PathLike, text: str, force: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to a temporary sibling, flush it to disk, then rename it over ``path``; an existing
+    ``path`` is replaced only with ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists; pass --force to replace it")
+    if path.is_dir():
+        raise BertrtError(f"{path} is a directory; give a file name")
+    path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.absolute().parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .cli_augment import AugmentMethod, DataTask as FinetuneTask, app as augment_app
 from .cli_security import app as security_app
 from .errors import BertrtError
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 tokenizer_app = typer.Typer(help="Train and inspect WordPiece tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(security_app)  # keygen, sign, mask: top-level commands kept in their own module
+app.add_typer(augment_app)  # augment
 
 
 def _version(value: bool):
@@ -87,6 +89,11 @@ def info(
     typer.echo(json.dumps(report, indent=2) if as_json else format_checkpoint_report(path, report))
 
 
+WANDB_HELP = ("Also log the scalars (loss, learning rate, evaluations) to this Weights & Biases project (pip install "
+              "'bertrt[track]'); WANDB_MODE=offline keeps the run on disk in the run folder's wandb/ for a later "
+              "`wandb sync`.")
+
+
 # ---------------------------------------------------------------------------------------------------- pretrain
 @app.command("pretrain")
 def pretrain_command(
@@ -135,6 +142,7 @@ def pretrain_command(
     cache_dir: Path = typer.Option(None, help="Where the tokenized corpus is cached (default ~/.cache/bertrt, or "
                                    "$BERTRT_CACHE). Under multi-node torchrun it must be on a shared filesystem."),
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
+    wandb: str = typer.Option(None, "--wandb", help=WANDB_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where its last "
                                 "checkpoint stopped (same settings, same number of processes)."),
     force: bool = typer.Option(False, "--force", help="Start over, replacing an existing run in --output."),
@@ -154,7 +162,8 @@ def pretrain_command(
                          from_checkpoint=str(from_) if from_ else None)
     train_cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, max_steps=max_steps, epochs=epochs,
                             budget_s=parse_duration(budget) if budget else None, grad_accum=grad_accum,
-                            precision=precision, seed=seed, eval_every=eval_every, save_every=save_every)
+                            precision=precision, seed=seed, eval_every=eval_every, save_every=save_every,
+                            wandb=wandb)
     try:
         _, result = pretrain(files, output, cfg, train_cfg, resume=resume, force=force)
     finally:
@@ -694,14 +703,6 @@ def verify(
 
 
 # ---------------------------------------------------------------------------------------------------- finetune
-class FinetuneTask(str, Enum):
-    classify = "classify"
-    multilabel = "multilabel"
-    relation = "relation"
-    ner = "ner"
-    qa = "qa"
-
-
 class PeftMethod(str, Enum):
     none = "none"
     lora = "lora"
@@ -713,6 +714,7 @@ class PeftMethod(str, Enum):
 class Adversarial(str, Enum):
     none = "none"
     fgm = "fgm"
+    pgd = "pgd"
 
 
 class Anchor(str, Enum):
@@ -774,8 +776,22 @@ def finetune_command(
                                          "(still shuffled): far less padding, so much faster when short and long "
                                          "texts mix; batches are then less random."),
     adversarial: Adversarial = typer.Option(Adversarial.none, "--adversarial", help="fgm: also train on word "
-                                            "embeddings perturbed along the loss gradient (robustness; ~2x the cost)."),
-    adv_epsilon: float = typer.Option(1.0, help="Size of the FGM perturbation."),
+                                            "embeddings perturbed along the loss gradient (robustness; ~2x the cost); "
+                                            "pgd: a stronger attack of --adv-steps steps (~(2 + steps)x the cost)."),
+    adv_epsilon: float = typer.Option(1.0, help="Size of the perturbation (FGM: of the whole batch's; PGD: the "
+                                      "radius of each example's). Larger is more robust, until clean accuracy drops."),
+    adv_steps: int = typer.Option(3, help="PGD's ascent steps: more find a stronger perturbation, each costs a "
+                                  "forward and backward pass."),
+    adv_alpha: float = typer.Option(None, help="PGD's step size (default 2.5 x epsilon / steps, so the walk reaches "
+                                    "the ball's surface)."),
+    augment: Optional[AugmentMethod] = typer.Option(None, "--augment", help="eda or mlm: train on fresh variants "
+                                                    "of every training example each epoch besides the example (see "
+                                                    "`bertrt augment`); helps most with a few hundred examples or "
+                                                    "fewer. The --eval data is never augmented."),
+    augment_per_example: int = typer.Option(1, help="Variants of each training example per epoch (each epoch then "
+                                            "has 1 + this many times the steps)."),
+    augment_from: Path = typer.Option(None, help="--augment mlm: the checkpoint whose masked-LM head fills the "
+                                      "masks (default --from, which then needs one)."),
     new_head: bool = typer.Option(False, "--new-head", help="Start the task head afresh. By default a --from model "
                                   "of the same task keeps its head rows for the labels it knows and gains rows for "
                                   "new ones (continual learning); use this to re-purpose it for unrelated labels."),
@@ -799,6 +815,7 @@ def finetune_command(
                                   "after, so the run reports what it forgot beside what it gained."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
     seed: int = typer.Option(0, help="Seed of the head's initialisation, data order, replay sample and dropout."),
+    wandb: str = typer.Option(None, "--wandb", help=WANDB_HELP),
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from --output's last "
                                 "checkpoint."),
@@ -819,11 +836,14 @@ def finetune_command(
                          eval_every=eval_every, save_every=save_every, patience=patience,
                          class_weights=class_weights, group_by_length=group_by_length,
                          adversarial=None if adversarial == Adversarial.none else adversarial.value,
-                         adv_epsilon=adv_epsilon, doc_stride=doc_stride, seed=seed, precision=precision,
+                         adv_epsilon=adv_epsilon, adv_steps=adv_steps, adv_alpha=adv_alpha,
+                         augment=augment.value if augment else None, augment_per_example=augment_per_example,
+                         augment_from=str(augment_from) if augment_from else None, doc_stride=doc_stride, seed=seed,
+                         precision=precision,
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
                          replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,
-                         fisher_samples=fisher_samples)
+                         fisher_samples=fisher_samples, wandb=wandb)
     r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,
                  replay_path=replay, eval_old_path=eval_old, fisher_path=fisher_data)
     share = 100 * r.trainable_parameters / r.total_parameters

@@ -15,8 +15,8 @@ is_main). The order within one optimizer step::
     should_stop(loop) -> bool                 any True ends the run after this step (then the final save)
     on_train_end(loop)                        always, also when the run fails (close files here)
 
-The loop itself always adds ``MetricsLogger`` (metrics.jsonl and TensorBoard) and, with ``progress``, a
-``ProgressBar``. ``EarlyStopping`` keeps the best weights by an evaluation metric and stops on patience;
+The loop itself always adds ``MetricsLogger`` (metrics.jsonl, TensorBoard and, when asked, W&B) and, with
+``progress``, a ``ProgressBar``. ``EarlyStopping`` keeps the best weights by an evaluation metric and stops on patience;
 ``bertrt.train.continual`` adds the EWC / L2-SP anchors the same way.
 """
 
@@ -78,13 +78,16 @@ def _step_of(line: str) -> float:
 
 
 class MetricsLogger(Callback):
-    """``metrics.jsonl`` (one JSON object per record) and TensorBoard scalars (when importable), on rank 0.
+    """``metrics.jsonl`` (one JSON object per record) and the same scalars to TensorBoard (when importable) and to
+    W&B (``wandb``: a project; see ``bertrt.train.tracking``), on rank 0.
 
-    A new run removes earlier records; a resumed run drops the records logged after its checkpoint's step (by the
-    run that crashed), so no step appears twice."""
+    This is the one place that decides what is logged: every ``log_every`` steps (and step 1) the step's record,
+    after every evaluation its metrics; numbers go to the writers as ``{kind}/{name}`` (``train/loss``,
+    ``eval/accuracy``). A new run removes earlier records; a resumed run drops the records logged after its
+    checkpoint's step (by the run that crashed), so no step appears twice."""
 
-    def __init__(self, log_every: int = 10):
-        self.log_every, self.file, self.tb = log_every, None, None
+    def __init__(self, log_every: int = 10, wandb: str | None = None):
+        self.log_every, self.wandb, self.file, self.writers = log_every, wandb, None, []
 
     def on_train_start(self, loop: Loop) -> None:
         if not loop.is_main:
@@ -100,21 +103,24 @@ class MetricsLogger(Callback):
             path.write_text("".join(line + "\n" for line in kept))
         self.file = open(path, "a")
         try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "logs"), purge_step=loop.resumed_from)
+            self.writers.append(_TensorBoard(out_dir / "logs", loop.resumed_from))
         except ImportError:
             print("tensorboard is not installed: scalars go to metrics.jsonl only (pip install tensorboard)")
+        if self.wandb:
+            from dataclasses import asdict
+
+            from .tracking import WandbWriter
+
+            self.writers.append(WandbWriter(self.wandb, out_dir, asdict(loop.config), loop.resumed_from))
 
     def log(self, step: int, kind: str, scalars: dict) -> None:
         if self.file is None:
             return
         self.file.write(json.dumps({"step": step, "kind": kind, **scalars}) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for k, v in scalars.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+        numbers = {f"{kind}/{k}": v for k, v in scalars.items() if isinstance(v, (int, float))}
+        for w in self.writers:
+            w.write(step, numbers)
 
     def on_step_end(self, loop: Loop, record: dict) -> None:
         if loop.step % self.log_every == 0 or loop.step == 1:
@@ -127,9 +133,23 @@ class MetricsLogger(Callback):
         if self.file is not None:
             self.file.close()
             self.file = None
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+        writers, self.writers = self.writers, []
+        for w in writers:
+            w.close()
+
+
+class _TensorBoard:
+    def __init__(self, log_dir: Path, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def write(self, step: int, scalars: dict) -> None:
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.tb.close()
 
 
 class ProgressBar(Callback):

@@ -63,14 +63,20 @@ class FinetuneConfig:
     save_every: int = 0  # optimizer steps between resumable checkpoints in OUT/run/checkpoint; 0 = at the end only
     patience: int | None = None  # evaluations without improvement before stopping; None = never stop early
     class_weights: bool = False
-    adversarial: str | None = None  # "fgm"
+    adversarial: str | None = None  # "fgm" or "pgd" (bertrt.train.objectives)
     adv_epsilon: float = 1.0
+    adv_steps: int = 3  # PGD's ascent steps
+    adv_alpha: float | None = None  # PGD's step size; None: 2.5 * adv_epsilon / adv_steps
     doc_stride: int | None = None  # QA window overlap; None: max_length // 4
     seed: int = 0
     precision: str = "fp32"
     peft: PeftConfig | None = None
     merge: bool = False
     progress: bool = True
+    wandb: str | None = None  # a W&B project to log the run's scalars to (bertrt.train.tracking)
+    augment: str | None = None  # "eda" or "mlm": fresh variants of the training data every epoch (bertrt.data.augment)
+    augment_per_example: int = 1  # variants of each training example per epoch, beside the example itself
+    augment_from: str | None = None  # mlm: the checkpoint whose masked-LM head fills the masks (default: from)
     # continual learning (bertrt.train.continual); the data files are finetune()'s replay_path / eval_old_path
     new_head: bool = False  # start the head afresh instead of keeping the previous model's rows for known labels
     replay_ratio: float = 0.1  # with replay data: the share of it kept as the rehearsal memory
@@ -83,8 +89,12 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.task not in T.TASK_FORMATS:
             raise BertrtError(f"--task must be one of {', '.join(T.TASK_FORMATS)}, not {self.task!r}")
-        if self.adversarial not in (None, "fgm"):
-            raise BertrtError(f"--adversarial supports 'fgm', not {self.adversarial!r}")
+        if self.adversarial not in (None, "fgm", "pgd"):
+            raise BertrtError(f"--adversarial supports 'fgm' and 'pgd', not {self.adversarial!r}")
+        if self.augment not in (None, "eda", "mlm") or self.augment_per_example < 1:
+            raise BertrtError(f"--augment must be eda or mlm (not {self.augment!r}) and --augment-per-example >= 1")
+        if self.adv_epsilon <= 0 or self.adv_steps < 1 or (self.adv_alpha is not None and self.adv_alpha <= 0):
+            raise BertrtError("--adv-epsilon and --adv-alpha must be > 0 and --adv-steps >= 1")
         if self.class_weights and self.task not in ("classify", "ner"):
             raise BertrtError(f"--class-weights applies to classify and ner, not {self.task}")
         if self.merge and self.peft is None:
@@ -197,12 +207,18 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
               "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
               "qa": lambda ex: T.encode_qa(ex, tok, max_length, config.doc_stride)}[task]
     train_feats = encode(train_ex)
+    n_augmented = len(train_feats) * config.augment_per_example if config.augment else 0
+    filler = None
+    if config.augment == "mlm":  # its masked-LM head, loaded (and checked) before training starts
+        from .augment import MlmFiller
+
+        filler = MlmFiller(config.augment_from or from_path, _device(device), max_length=max_length)
     replayed = 0
     if replay_ex is not None:  # the rehearsal memory, mixed into every epoch's shuffle
         memory = [replay_ex[i] for i in replay_sample(len(replay_ex), config.replay_ratio, config.seed)]
         train_feats, replayed = train_feats + encode(memory) * config.replay_repeat, len(memory)
     batch_size = config.batch_size or default_batch_size(len(train_ex))
-    steps_per_epoch = math.ceil(len(train_feats) / batch_size)
+    steps_per_epoch = math.ceil((len(train_feats) + n_augmented) / batch_size)
     total_steps = math.ceil(config.epochs * steps_per_epoch)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -224,7 +240,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         flat = [i for x in ids for i in (x if isinstance(x, list) else [x])]
         weights = balanced_class_weights(flat, len(labels))
     loss_fn = make_loss_fn(task, weights, config.adversarial, config.adv_epsilon,
-                           peft.regularizer if peft is not None else None)
+                           peft.regularizer if peft is not None else None, config.adv_steps, config.adv_alpha)
     pad_id = tok.token_to_id("[PAD]") or 0
 
     # ---- continual learning: the old task before training, and the anchor (its references are the step-0 weights)
@@ -263,9 +279,16 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     loop_cfg = TrainConfig(lr=config.lr or DEFAULT_LR[config.peft.method if config.peft else None],
                            weight_decay=config.weight_decay, warmup=config.warmup, max_steps=total_steps,
                            seed=config.seed, precision=config.precision, progress=config.progress,
-                           eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every)
-    batches = EpochBatches(train_feats, batch_size, lambda fs: T.collate(fs, pad_id), seed=config.seed,
+                           eval_every=eval_every if eval_ex is not None else 0, save_every=config.save_every,
+                           wandb=config.wandb)
+    collate = lambda fs: T.collate(fs, pad_id)  # noqa: E731
+    batches = EpochBatches(train_feats, batch_size, collate, seed=config.seed,
                            lengths=[len(f["input_ids"]) for f in train_feats] if config.group_by_length else None)
+    if config.augment:  # the training examples only (never eval, replay or Fisher data), afresh every epoch
+        from .augment import AugmentedEpochs
+
+        batches = AugmentedEpochs(task, train_ex, train_feats, encode, config.augment, config.augment_per_example,
+                                  batch_size, collate, config.seed, filler, group_by_length=config.group_by_length)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
     keep_best = EarlyStopping(config.patience, params=_kept)
     callbacks = [keep_best, *extra_callbacks] + ([_PeftSteps(peft)] if peft is not None else [])

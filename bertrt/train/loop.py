@@ -38,8 +38,9 @@ API
 
 Output, under ``out_dir``: ``checkpoint/`` (the latest checkpoint, replaced atomically every ``save_every`` steps
 and at the end, with ``train_state/``: weights, optimizer, step, epoch, data position, elapsed time - see
-``bertrt.train.state``), ``logs/`` (TensorBoard scalars, when ``tensorboard`` is installed) and ``metrics.jsonl``
-(the same scalars, one JSON object per line). Only rank 0 writes.
+``bertrt.train.state``), ``logs/`` (TensorBoard scalars, when ``tensorboard`` is installed), ``metrics.jsonl``
+(the same scalars, one JSON object per line) and with ``wandb=PROJECT`` a W&B run (``wandb/``; see
+``bertrt.train.tracking``). Only rank 0 writes.
 
 Returns a ``TrainResult``: the final step, the per-step history (loss, terms, lr, grad norm, tokens/s) of this
 call, the evaluations, elapsed seconds, and the checkpoint path.
@@ -109,7 +110,8 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # steps; 0 = only at the end
     save_every: int = 0  # steps; 0 = only at the end
-    log_every: int = 10  # steps between TensorBoard / metrics.jsonl records
+    log_every: int = 10  # steps between TensorBoard / metrics.jsonl (/ W&B) records
+    wandb: str | None = None  # a W&B project: the same scalars to a W&B run too (bertrt.train.tracking)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     progress: bool = True  # tqdm bar on rank 0
@@ -128,6 +130,10 @@ class TrainConfig:
         if self.lr <= 0 or self.warmup < 0:
             raise BertrtError(f"lr must be > 0 and warmup >= 0 (got lr={self.lr}, warmup={self.warmup})")
         self.betas = tuple(self.betas)
+        if self.wandb:
+            from .tracking import check_wandb
+
+            check_wandb()
 
 
 @dataclass
@@ -310,7 +316,8 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
     loop = Loop(model=model, optimizer=optimizer, config=config, out_dir=out_dir, is_main=is_main,
                 total_steps=total_steps, step=step, epoch=epoch, elapsed_s=elapsed,
                 resumed_from=step if resume else None)
-    callbacks = [MetricsLogger(config.log_every), *([ProgressBar()] if config.progress else []), *callbacks]
+    callbacks = [MetricsLogger(config.log_every, config.wandb), *([ProgressBar()] if config.progress else []),
+                 *callbacks]
     result = TrainResult(step=step, epoch=epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     last_eval_step = -1
