@@ -190,6 +190,9 @@ def format_manifest(path: str | os.PathLike, m: dict) -> str:
              f"task         {m['task']}" + (f"; {len(labels)} labels: {', '.join(labels)}" if labels else "")
              + (f"; {m.get('pooling')} pooling, {'' if m.get('normalize') else 'not '}normalized"
                 if m["task"] == "embed" else ""),
+             *([f"prompt       {m['prompt']['pattern']!r}, verbalizer "
+                + "; ".join(f"{k}: {', '.join(v)}" for k, v in m["prompt"]["verbalizer"].items())]
+               if m.get("prompt") else []),
              f"precision    {m['precision']}", f"max length   {m['max_length']} tokens",
              f"inputs       {', '.join(m['inputs'])}; outputs {', '.join(m['outputs'])}"]
     opt = m.get("optimization") or {}

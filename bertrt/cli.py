@@ -581,6 +581,12 @@ def export(
                                              "models such as all-MiniLM-L6-v2 do)."),
     max_length: Optional[int] = typer.Option(None, help="Longest input the artifact accepts (tokens). Default: the "
                                              "model's position limit; lower it to what you will serve."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Zero-shot prompt artifact from a masked-LM "
+                                         "checkpoint: the cloze pattern ('{text} It is about [MASK].') its texts are "
+                                         "filled into; the graph gives one logit per --verbalizer label. A checkpoint "
+                                         "from finetune --prompt exports its own prompt without this."),
+    verbalizer: Optional[Path] = typer.Option(None, "--verbalizer", help="With --prompt: JSON mapping each label to "
+                                              "one or more single-token words."),
     opset: int = typer.Option(17, help="ONNX opset. 17 is tested; change it only for an older runtime."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ONNX Runtime's BERT fusions (Attention, "
                                   "SkipLayerNormalization, EmbedLayerNormalization, BiasGelu; on CPU the "
@@ -627,10 +633,12 @@ def export(
     gates (tensor, decision, task metric) before anything is written."""
     from .converters.config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
     from .converters.pipeline import export_artifact
+    from .tasks.prompt import read_verbalizer
 
     configs = dict(
         export=ExportConfig(task=task.value if task else None, opset=opset, max_length=max_length,
-                            pooling=pooling.value if pooling else None, normalize=normalize),
+                            pooling=pooling.value if pooling else None, normalize=normalize, prompt=prompt,
+                            verbalizer=read_verbalizer(verbalizer) if verbalizer is not None else None),
         optimize=OptimizeConfig(enabled=optimize, raw_attention_mask=not right_padding_only,
                                 require_full_fusion=not allow_partial_fusion, fp16=fp16),
         quantize=QuantizeConfig(mode=quantize.value, preset=preset.value, per_channel=per_channel,
@@ -794,6 +802,12 @@ def finetune_command(
                                        "pass each); more is steadier and slower."),
     eval_old: Path = typer.Option(None, "--eval-old", help="The previous task's test data: evaluated before and "
                                   "after, so the run reports what it forgot beside what it gained."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Few-shot by prompt (PET): train a masked-LM "
+                                         "checkpoint as a classifier through its MLM head, reading this cloze pattern, "
+                                         "e.g. '{text} It is about [MASK].'. Use it with a few labelled examples per "
+                                         "label, where a fresh classifier head has too little to learn from."),
+    verbalizer: Optional[Path] = typer.Option(None, "--verbalizer", help="With --prompt: JSON mapping each label to "
+                                              "one or more single-token words the mask should predict."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
     seed: int = typer.Option(0, help="Seed of the head's initialisation, data order, replay sample and dropout."),
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu or cuda."),
@@ -802,6 +816,7 @@ def finetune_command(
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ):
     """Fine-tune a BERT for classification (texts or pairs), NER or extractive QA: fully or with PEFT."""
+    from .tasks.prompt import read_verbalizer
     from .train.finetune import FinetuneConfig, finetune
     from .train.peft import PeftConfig
 
@@ -820,7 +835,8 @@ def finetune_command(
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
                          replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,
-                         fisher_samples=fisher_samples)
+                         fisher_samples=fisher_samples, prompt=prompt,
+                         verbalizer=read_verbalizer(verbalizer) if verbalizer is not None else None)
     r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,
                  replay_path=replay, eval_old_path=eval_old, fisher_path=fisher_data)
     share = 100 * r.trainable_parameters / r.total_parameters

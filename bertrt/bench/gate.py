@@ -61,7 +61,7 @@ def reference_answers(checkpoint: str | Path, w: Workload, manifest: dict, batch
     """(answers, encoded inputs) of bertrt's PyTorch fp32 model on ``w``, encoded and decoded as the artifact of
     ``manifest`` encodes and decodes (its max length, window stride, pooling, thresholds; ``long`` as the bench
     runs the artifact)."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, load_cloze
     from ..runtime.encode import parse_input
     from ..runtime.runtime import encoder_for
     from ..tasks.predict import decode_options, predict
@@ -69,7 +69,8 @@ def reference_answers(checkpoint: str | Path, w: Workload, manifest: dict, batch
     from ..train.evaluate import torch_forward
 
     task, max_length = manifest["task"], int(manifest["max_length"])
-    model = load_checkpoint(checkpoint, task=task)
+    prompt = manifest.get("prompt")  # a prompt artifact: the checkpoint's masked-LM read through its verbalizer
+    model = load_cloze(checkpoint, prompt["verbalizer"]) if prompt else load_checkpoint(checkpoint, task=task)
     if task == "embed":  # the artifact's pooling, as export applied it
         model.config.pooling = manifest.get("pooling") or model.config.pooling
         model.config.normalize = bool(manifest.get("normalize"))

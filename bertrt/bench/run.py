@@ -79,7 +79,7 @@ class _References:
 
     def get(self, checkpoint: Path, manifest: dict, w: G.Workload) -> tuple[list[dict], list]:
         settings = {k: manifest.get(k) for k in ("task", "max_length", "doc_stride", "thresholds", "pooling",
-                                                 "normalize", "long")}
+                                                 "normalize", "long", "prompt")}
         key = (str(checkpoint.resolve()), json.dumps(settings, sort_keys=True), w.name)
         if key not in self.cache:
             answers, encs, labels = G.reference_answers(checkpoint, w, settings)
