@@ -884,6 +884,32 @@ def evaluate_command(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command("ensemble")
+def ensemble_command(
+    members: list[Path] = typer.Argument(..., help="Two or more artifacts of one task (classify, multilabel, "
+                                         "relation, ner or embed) with the same labels and tokenizer, exported "
+                                         "alike (max length, prompt); sizes and precisions may differ."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the ensemble artifact, written atomically "
+                                "once its gates pass."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled data of the task: the ensemble's metric "
+                                             "is gated against its best member's and reported beside each member's. "
+                                             "Default: the built-in sample (outputs checked, no metric)."),
+    max_drop: float = typer.Option(0.5, help="How many points the ensemble's metric may fall below its best "
+                                   "member's before it is refused (then the best member alone is the better "
+                                   "artifact)."),
+    max_samples: int = typer.Option(512, help="Examples read from --eval; more is slower and surer."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --output."),
+):
+    """Combine artifacts into one whose runtime averages the members' probabilities (or embedding vectors): one
+    graph, served, evaluated and benched like any artifact; more accurate than a member, and N times the work."""
+    from .converters.config import ParityConfig
+    from .converters.ensemble import build_ensemble, format_ensemble
+
+    parity = ParityConfig(eval_path=str(eval_data) if eval_data else None, max_drop=max_drop,
+                          max_samples=max_samples)
+    typer.echo(format_ensemble(output, build_ensemble(members, output, parity, force=force)))
+
+
 @app.command("zeroshot")
 def zeroshot_command(
     model: Path = typer.Argument(..., help="A checkpoint with a masked-LM head (pretraining or BertForMaskedLM)."),

@@ -244,6 +244,9 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     artifact = Path(artifact)
     manifest = load_manifest(artifact, verify=True)
     log(f"{artifact}: sha256 of {len(manifest['files'])} files verified")
+    if manifest.get("ensemble"):
+        raise ArtifactError(f"{artifact} is an ensemble: its files are verified, and its gates were against its "
+                            "members; verify each member artifact against its checkpoint")
     recorded = manifest.get("source", {})
     ckpt = Path(checkpoint or recorded.get("checkpoint") or "")
     if not ckpt.is_dir():

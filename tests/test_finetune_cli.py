@@ -1,19 +1,17 @@
 """The finetune / evaluate commands: merge parity, reports, early stopping, FGM, bad input (prompts: test_prompt)."""
 
 import json
-import sys
 
 import pytest
 import torch
 
 from bertrt.checkpoint import load_checkpoint
-from bertrt.cli import main
 from bertrt.data import tasks as T
 from bertrt.tokenizer import load_tokenizer
 from bertrt.train.evaluate import load_task_model
 from bertrt.train.finetune import FinetuneConfig, finetune
 
-from .finetune_fixtures import one_thread, classify_rows, make_base, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
+from .finetune_fixtures import one_thread, cli, classify_rows, make_base, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
 
 
 
@@ -21,14 +19,6 @@ from .finetune_fixtures import one_thread, classify_rows, make_base, squad, writ
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return make_base(tmp_path_factory.mktemp("cli") / "base")
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bertrt", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def batch_logits(path, rows):

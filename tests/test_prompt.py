@@ -16,7 +16,7 @@ from bertrt.tokenizer import load_tokenizer
 from bertrt.train.loop import EpochBatches, TrainConfig, train
 from bertrt.train.zeroshot import zeroshot
 
-from .finetune_fixtures import FILLER, make_base, one_thread, write_jsonl  # noqa: F401
+from .finetune_fixtures import FILLER, cli, make_base, one_thread, write_jsonl  # noqa: F401
 
 TOPICS = {"sport": ["ball", "goal", "team"], "food": ["bread", "soup", "rice"]}
 PATTERN = "{text} topic [MASK]"
@@ -273,23 +273,14 @@ def test_prompt_artifact_benches_like_a_classifier(mlm, zeroshot_artifact):
 
 
 def test_cli_prompt_options(mlm, tmp_path, monkeypatch, capsys):
-    import sys
-
-    from bertrt.cli import main
-
-    def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["bertrt", *map(str, args)])
-        with pytest.raises(SystemExit) as e:
-            main()
-        return e.value.code, capsys.readouterr()
-
-    code, out = cli("finetune", mlm["data"], "-o", tmp_path / "o", "--task", "classify", "--from", mlm["ckpt"],
-                    "--prompt", PATTERN)
-    assert code == 1 and "error: --prompt and --verbalizer go together" in out.err and not (tmp_path / "o").exists()
-    code, out = cli("export", mlm["ckpt"], "-o", tmp_path / "art", "--prompt", "{text} topic", "--verbalizer",
-                    mlm["verbalizer"])
-    assert code == 1 and "exactly one [MASK]" in out.err and not (tmp_path / "art").exists()
-    code, out = cli("finetune", mlm["data"], "-o", tmp_path / "few", "--task", "classify", "--from", mlm["ckpt"],
-                    "--prompt", PATTERN, "--verbalizer", mlm["verbalizer"], "--max-steps", "2", "--max-length", "32")
-    assert code == 0, out.err
+    code, _, err = cli(monkeypatch, capsys, "finetune", mlm["data"], "-o", tmp_path / "o", "--task", "classify",
+                       "--from", mlm["ckpt"], "--prompt", PATTERN)
+    assert code == 1 and "error: --prompt and --verbalizer go together" in err and not (tmp_path / "o").exists()
+    code, _, err = cli(monkeypatch, capsys, "export", mlm["ckpt"], "-o", tmp_path / "art", "--prompt",
+                       "{text} topic", "--verbalizer", mlm["verbalizer"])
+    assert code == 1 and "exactly one [MASK]" in err and not (tmp_path / "art").exists()
+    code, _, err = cli(monkeypatch, capsys, "finetune", mlm["data"], "-o", tmp_path / "few", "--task", "classify",
+                       "--from", mlm["ckpt"], "--prompt", PATTERN, "--verbalizer", mlm["verbalizer"], "--max-steps",
+                       "2", "--max-length", "32")
+    assert code == 0, err
     assert json.loads((tmp_path / "few/finetune.json").read_text())["prompt"]["verbalizer"] == VERBALIZER

@@ -49,7 +49,8 @@ def read_verbalizer(path) -> dict[str, list[str]]:
 def check_verbalizer(raw, where: str = "the verbalizer") -> dict[str, list[str]]:
     """``raw`` as label -> list of words, or ``DataError`` naming what is wrong."""
     if not isinstance(raw, dict) or len(raw) < 2:
-        raise DataError(f"{where}: a verbalizer is a JSON object with at least 2 labels, {{\"label\": [\"word\", ...]}}")
+        raise DataError(f"{where}: a verbalizer is a JSON object with at least 2 labels, "
+                        "{\"label\": [\"word\", ...]}")
     out = {}
     for label, words in raw.items():
         words = [words] if isinstance(words, str) else words
