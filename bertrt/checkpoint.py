@@ -105,7 +105,8 @@ def read_config(path: Path) -> tuple[BertConfig, dict]:
 
 def finetune_record(path: str | os.PathLike) -> dict:
     """What fine-tuning recorded in a checkpoint (finetune.json) that inference must repeat: ``max_length``,
-    ``doc_stride`` (window overlap) and ``thresholds`` (multilabel); {} for a checkpoint without one."""
+    ``doc_stride`` (window overlap), ``thresholds`` (multilabel) and ``prompt`` (a few-shot prompt model's pattern
+    and verbalizer); {} for a checkpoint without one."""
     f = Path(path) / "finetune.json"
     try:
         info = json.loads(f.read_text()) if f.is_file() else {}
@@ -113,7 +114,24 @@ def finetune_record(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{f} is not valid JSON; restore it or delete it") from None
     config = info.get("config", {})
     return {k: v for k, v in (("max_length", config.get("max_length")), ("doc_stride", config.get("doc_stride")),
-                              ("thresholds", info.get("thresholds"))) if v is not None}
+                              ("thresholds", info.get("thresholds")), ("prompt", info.get("prompt")))
+            if v is not None}
+
+
+def load_cloze(path: str | os.PathLike, words: dict[str, list[str]], tokenizer=None):
+    """A masked-LM checkpoint as a ``Cloze`` classifier over the labels of ``words`` (label -> verbalizer words,
+    each one token of the checkpoint's vocabulary)."""
+    from .model import Cloze
+    from .tasks.prompt import MASK, verbalizer_ids
+    from .tokenizer import load_tokenizer
+
+    tok = tokenizer or load_tokenizer(path)
+    try:
+        mlm = load_checkpoint(path, task="mlm")
+    except CheckpointError as e:
+        raise CheckpointError(f"a prompt reads the masked-LM head, and {path} has none usable ({e}); use a "
+                              "pretraining or masked-LM checkpoint") from None
+    return Cloze(mlm, verbalizer_ids(words, tok), tok.token_to_id(MASK), list(words))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -590,6 +590,12 @@ def export(
                                              "models such as all-MiniLM-L6-v2 do)."),
     max_length: Optional[int] = typer.Option(None, help="Longest input the artifact accepts (tokens). Default: the "
                                              "model's position limit; lower it to what you will serve."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Zero-shot prompt artifact from a masked-LM "
+                                         "checkpoint: the cloze pattern ('{text} It is about [MASK].') its texts are "
+                                         "filled into; the graph gives one logit per --verbalizer label. A checkpoint "
+                                         "from finetune --prompt exports its own prompt without this."),
+    verbalizer: Optional[Path] = typer.Option(None, "--verbalizer", help="With --prompt: JSON mapping each label to "
+                                              "one or more single-token words."),
     opset: int = typer.Option(17, help="ONNX opset. 17 is tested; change it only for an older runtime."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="ONNX Runtime's BERT fusions (Attention, "
                                   "SkipLayerNormalization, EmbedLayerNormalization, BiasGelu; on CPU the "
@@ -636,10 +642,12 @@ def export(
     gates (tensor, decision, task metric) before anything is written."""
     from .converters.config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
     from .converters.pipeline import export_artifact
+    from .tasks.prompt import read_verbalizer
 
     configs = dict(
         export=ExportConfig(task=task.value if task else None, opset=opset, max_length=max_length,
-                            pooling=pooling.value if pooling else None, normalize=normalize),
+                            pooling=pooling.value if pooling else None, normalize=normalize, prompt=prompt,
+                            verbalizer=read_verbalizer(verbalizer) if verbalizer is not None else None),
         optimize=OptimizeConfig(enabled=optimize, raw_attention_mask=not right_padding_only,
                                 require_full_fusion=not allow_partial_fusion, fp16=fp16),
         quantize=QuantizeConfig(mode=quantize.value, preset=preset.value, per_channel=per_channel,
@@ -813,6 +821,12 @@ def finetune_command(
                                        "pass each); more is steadier and slower."),
     eval_old: Path = typer.Option(None, "--eval-old", help="The previous task's test data: evaluated before and "
                                   "after, so the run reports what it forgot beside what it gained."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Few-shot by prompt (PET): train a masked-LM "
+                                         "checkpoint as a classifier through its MLM head, reading this cloze pattern, "
+                                         "e.g. '{text} It is about [MASK].'. Use it with a few labelled examples per "
+                                         "label, where a fresh classifier head has too little to learn from."),
+    verbalizer: Optional[Path] = typer.Option(None, "--verbalizer", help="With --prompt: JSON mapping each label to "
+                                              "one or more single-token words the mask should predict."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast on hardware that has it."),
     seed: int = typer.Option(0, help="Seed of the head's initialisation, data order, replay sample and dropout."),
     wandb: str = typer.Option(None, "--wandb", help=WANDB_HELP),
@@ -822,6 +836,7 @@ def finetune_command(
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
 ):
     """Fine-tune a BERT for classification (texts or pairs), NER or extractive QA: fully or with PEFT."""
+    from .tasks.prompt import read_verbalizer
     from .train.finetune import FinetuneConfig, finetune
     from .train.peft import PeftConfig
 
@@ -843,7 +858,8 @@ def finetune_command(
                          peft=peft_cfg, merge=merge, new_head=new_head, replay_ratio=replay_ratio,
                          replay_repeat=replay_repeat,
                          anchor=None if anchor == Anchor.none else anchor.value, anchor_weight=anchor_weight,
-                         fisher_samples=fisher_samples, wandb=wandb)
+                         fisher_samples=fisher_samples, wandb=wandb, prompt=prompt,
+                         verbalizer=read_verbalizer(verbalizer) if verbalizer is not None else None)
     r = finetune(train, output, from_, cfg, eval_path=eval_data, force=force, resume=resume, device=device,
                  replay_path=replay, eval_old_path=eval_old, fisher_path=fisher_data)
     share = 100 * r.trainable_parameters / r.total_parameters
@@ -889,6 +905,32 @@ def evaluate_command(
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
+
+
+@app.command("ensemble")
+def ensemble_command(
+    members: list[Path] = typer.Argument(..., help="Two or more artifacts of one task (classify, multilabel, "
+                                         "relation, ner or embed) with the same labels and tokenizer, exported "
+                                         "alike (max length, prompt); sizes and precisions may differ."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the ensemble artifact, written atomically "
+                                "once its gates pass."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled data of the task: the ensemble's metric "
+                                             "is gated against its best member's and reported beside each member's. "
+                                             "Default: the built-in sample (outputs checked, no metric)."),
+    max_drop: float = typer.Option(0.5, help="How many points the ensemble's metric may fall below its best "
+                                   "member's before it is refused (then the best member alone is the better "
+                                   "artifact)."),
+    max_samples: int = typer.Option(512, help="Examples read from --eval; more is slower and surer."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --output."),
+):
+    """Combine artifacts into one whose runtime averages the members' probabilities (or embedding vectors): one
+    graph, served, evaluated and benched like any artifact; more accurate than a member, and N times the work."""
+    from .converters.config import ParityConfig
+    from .converters.ensemble import build_ensemble, format_ensemble
+
+    parity = ParityConfig(eval_path=str(eval_data) if eval_data else None, max_drop=max_drop,
+                          max_samples=max_samples)
+    typer.echo(format_ensemble(output, build_ensemble(members, output, parity, force=force)))
 
 
 @app.command("zeroshot")

@@ -383,6 +383,45 @@ class Bert(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class Cloze(nn.Module):
+    """A masked-LM model read as a classifier through a cloze prompt (PET's scoring): each label's logit is the
+    logsumexp of the MLM logits of its verbalizer words at the input's one [MASK]. Only the verbalizer's rows of
+    the tied decoder are computed, so the classifier (and its export) has one logit per label; the softmax over
+    them ranks labels as the vocabulary-wide one does. ``config`` is the MLM model's as a classify model, so export,
+    gates and evaluation treat it as one; ``mlm`` is the model that is trained and saved."""
+
+    def __init__(self, mlm: Bert, words: list[list[int]], mask_id: int, labels: list[str]):
+        super().__init__()
+        if mlm.config.task not in ("mlm", "pretrain") or len(words) != len(labels):
+            raise ValueError("a cloze classifier needs a masked-LM model and one word list per label")
+        self.mlm, self.mask_id = mlm, mask_id
+        self.config = BertConfig(**{**asdict(mlm.config), "task": "classify", "labels": list(labels)})
+        flat = [i for ws in words for i in ws]
+        groups = torch.full((len(words), len(flat)), float("-inf"))  # (L, K): 0 where word k is label l's
+        k = 0
+        for label, ws in enumerate(words):
+            groups[label, k:k + len(ws)] = 0.0
+            k += len(ws)
+        self.register_buffer("word_ids", torch.tensor(flat), persistent=False)
+        self.register_buffer("groups", groups, persistent=False)
+
+    @property
+    def bert(self) -> Encoder:  # the MLM model's encoder (not a second registration: one name per weight)
+        return self.mlm.bert
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> dict:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        at = (input_ids == self.mask_id).to(h.dtype).unsqueeze(-1)  # (B, T, 1): the prompt's one [MASK]
+        head = self.mlm.mlm
+        h = head.norm(head.act(head.transform((h * at).sum(1))))  # (B, H)
+        words = F.linear(h, self.bert.embeddings.word_embeddings.weight[self.word_ids], head.bias[self.word_ids])
+        return {"logits": (words.unsqueeze(1) + self.groups).logsumexp(-1)}  # (B, K) -> (B, L)
+
+
 # Our state-dict names and Hugging Face's, as prefixes; {i} is a layer index, {p} one of query/key/value.
 # bertrt.checkpoint renames both ways with this one table; a test round-trips every key of every HF BERT class.
 HF_NAMES = [

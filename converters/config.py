@@ -40,6 +40,10 @@ class ExportConfig(_Config):
     max_length: int | None = None  # None: the model's max_position_embeddings
     pooling: str | None = None  # embed: "mean" | "cls"; None keeps the checkpoint's setting
     normalize: bool | None = None  # embed: L2-normalise inside the graph; None keeps the checkpoint's setting
+    # a prompt artifact from a masked-LM checkpoint (zero-shot): the cloze pattern and its verbalizer (label ->
+    # words); None: the checkpoint's own few-shot prompt record, if it has one
+    prompt: str | None = None
+    verbalizer: dict | None = None
 
     def __post_init__(self):
         _check(self.task is None or self.task in ARTIFACT_TASKS,
@@ -49,6 +53,10 @@ class ExportConfig(_Config):
         _check(14 <= self.opset <= 20, f"opset {self.opset} is outside 14..20; 17 is the tested default")
         _check(self.max_length is None or self.max_length >= 8, f"max_length {self.max_length} is too small (>= 8)")
         _check(self.pooling in (None, "mean", "cls"), f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
+        _check((self.prompt is None) == (self.verbalizer is None),
+               "--prompt and --verbalizer go together: the pattern's mask is read through the verbalizer's words")
+        _check(self.prompt is None or self.task in (None, "classify"),
+               f"a prompt artifact is a classifier (task classify), not {self.task}")
 
 
 @dataclass

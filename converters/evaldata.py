@@ -100,13 +100,14 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def read_examples(path: str | None, task: str, labels: list[str], max_samples: int) -> list[Example]:
+def read_examples(path: str | None, task: str, labels: list[str], max_samples: int,
+                  prompt: str | None = None) -> list[Example]:
     """Examples for ``task`` from ``path`` (the fine-tuning formats of ``bertrt.data.tasks``, or a ``.txt`` of one
-    text per line), or the built-in sample when ``path`` is None."""
+    text per line), or the built-in sample when ``path`` is None (shaped for a cloze ``prompt``)."""
     from bertrt.data.tasks import check_labels, read_task
 
     if path is None:
-        return builtin_examples(task)[:max_samples]
+        return builtin_examples(task, prompt)[:max_samples]
     p = Path(path)
     if not p.is_file():
         raise EvalDataError(f"evaluation data not found: {p}")
@@ -136,8 +137,12 @@ def read_examples(path: str | None, task: str, labels: list[str], max_samples: i
     return [Example(text=r.question, text_pair=r.context, answers=[a[0] for a in r.answers] or None) for r in rows]
 
 
-def builtin_examples(task: str) -> list[Example]:
-    """The built-in English sample shaped for ``task``: half single texts, half pairs for classify."""
+def builtin_examples(task: str, prompt: str | None = None) -> list[Example]:
+    """The built-in English sample shaped for ``task``: half single texts, half pairs for classify; for a cloze
+    ``prompt``, the single texts or the pairs, whichever it places."""
+    if prompt is not None:
+        pair = "{text_pair}" in prompt
+        return [e for e in builtin_examples(task) if (e.text_pair is not None) == pair]
     if task == "qa":
         return [Example(text=q, text_pair=c, answers=[a]) for q, c, a in sample.QA]
     if task == "ner":
@@ -163,10 +168,12 @@ def builtin_examples(task: str) -> list[Example]:
 
 
 def encode(examples: list[Example], tokenizer, task: str, max_length: int, batch_size: int, pad_id: int = 0,
-           labels: list[str] | None = None, stride: int | None = None, options: dict | None = None) -> list[Batch]:
-    """Encode as the runtime does (qa contexts and ner texts windowed) and cut the rows, in order, into batches
-    of ``batch_size`` padded on the right to their longest row; every batch points at the shared ``EvalSet``."""
-    encs = TextEncoder(tokenizer, task, max_length, stride).encode([e.pair() for e in examples])
+           labels: list[str] | None = None, stride: int | None = None, options: dict | None = None,
+           prompt: str | None = None) -> list[Batch]:
+    """Encode as the runtime does (qa contexts and ner texts windowed; a prompt artifact's texts filled into its
+    cloze ``prompt``) and cut the rows, in order, into batches of ``batch_size`` padded on the right to their
+    longest row; every batch points at the shared ``EvalSet``."""
+    encs = TextEncoder(tokenizer, task, max_length, stride, prompt=prompt).encode([e.pair() for e in examples])
     gold = [e.gold() for e in examples]
     data = EvalSet(task, list(labels or []), encs, None if any(g is None for g in gold) else gold, options)
     return [Batch(feeds, rows, data) for rows, feeds in in_order(encs, pad_id, batch_size)]

@@ -36,9 +36,23 @@ def _weights_digest(checkpoint: Path) -> str | None:
     return None
 
 
-def load_for_export(checkpoint: Path, cfg: ExportConfig):
-    """(model in its artifact task with embed options applied, tokenizer) — or a typed error naming the fix."""
-    from bertrt.checkpoint import load_checkpoint, read_config
+def prompt_of(checkpoint: Path, cfg: ExportConfig) -> dict | None:
+    """The cloze prompt an artifact of ``checkpoint`` reads its texts through: the one ``cfg`` gives (zero-shot
+    from a masked-LM), else the checkpoint's few-shot record; ``{"pattern", "verbalizer"}`` or None."""
+    from bertrt.tasks.prompt import check_pattern, check_verbalizer
+
+    prompt = ({"pattern": cfg.prompt, "verbalizer": cfg.verbalizer} if cfg.prompt is not None
+              else finetune_record(checkpoint).get("prompt"))
+    if prompt is None:
+        return None
+    check_pattern(prompt["pattern"])
+    return {"pattern": prompt["pattern"], "verbalizer": check_verbalizer(prompt["verbalizer"])}
+
+
+def load_for_export(checkpoint: Path, cfg: ExportConfig, prompt: dict | None = None):
+    """(model in its artifact task with embed options applied, tokenizer) — or a typed error naming the fix.
+    With ``prompt`` (``prompt_of``) the model is the checkpoint's masked-LM read as a classifier through it."""
+    from bertrt.checkpoint import load_checkpoint, load_cloze, read_config
     from bertrt.errors import CheckpointError
     from bertrt.tokenizer import load_tokenizer
 
@@ -47,22 +61,25 @@ def load_for_export(checkpoint: Path, cfg: ExportConfig):
     if not checkpoint.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {checkpoint}")
     ckpt_cfg, _ = read_config(checkpoint)
-    task = resolve_task(ckpt_cfg.task, cfg.task)
-    model = prepare_model(load_checkpoint(checkpoint, task=task), cfg)
     tokenizer = load_tokenizer(checkpoint)
+    if prompt is not None:
+        model = load_cloze(checkpoint, prompt["verbalizer"], tokenizer).eval()
+    else:
+        model = prepare_model(load_checkpoint(checkpoint, task=resolve_task(ckpt_cfg.task, cfg.task)), cfg)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise ExportError(f"the tokenizer in {checkpoint} has {tokenizer.get_vocab_size()} tokens but the model only "
                           f"{model.config.vocab_size} embeddings; they do not belong together")
     return model, tokenizer
 
 
-def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None, stride=None, options=None):
+def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples=None, stride=None, options=None,
+             prompt: str | None = None):
     task = model.config.task
-    examples = read_examples(path, task, model.config.labels, max_samples or pcfg.max_samples)
+    examples = read_examples(path, task, model.config.labels, max_samples or pcfg.max_samples, prompt)
     pad = tokenizer.token_to_id("[PAD]")
     return encode(examples, tokenizer, task, max_length, pcfg.batch_size,
                   pad_id=model.config.pad_token_id if pad is None else pad, labels=model.config.labels, stride=stride,
-                  options=options)
+                  options=options, prompt=prompt)
 
 
 def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, export: ExportConfig | None = None,
@@ -92,7 +109,9 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
     from .optimize import optimize as run_optimize
     from .parity import check, failures, format_gates, onnx_outputs, torch_outputs
 
-    model, tokenizer = load_for_export(checkpoint, export)
+    prompt = prompt_of(checkpoint, export)
+    pattern = prompt and prompt["pattern"]
+    model, tokenizer = load_for_export(checkpoint, export, prompt)
     mcfg, task = model.config, model.config.task
     trained = finetune_record(checkpoint)
     # the length and stride the model was fine-tuned with: the artifact then encodes as training and evaluation did
@@ -102,11 +121,12 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
     stride = trained.get("doc_stride") if task in ("qa", "ner") else None
     thresholds = trained.get("thresholds") if task == "multilabel" else None
     batches = _batches(parity.eval_path, model, tokenizer, max_length, parity, stride=stride,
-                       options=decode_options({"normalize": mcfg.normalize, "thresholds": thresholds}))
+                       options=decode_options({"normalize": mcfg.normalize, "thresholds": thresholds}), prompt=pattern)
     calib = None
     if quantize.mode == "static":
         src = calib_path or parity.eval_path
-        calib = [b.feeds for b in _batches(src, model, tokenizer, max_length, parity, quantize.calib_samples)]
+        calib = [b.feeds for b in _batches(src, model, tokenizer, max_length, parity, quantize.calib_samples,
+                                           prompt=pattern)]
     data_name = parity.eval_path or "built-in English sample"
     log(f"{task} model, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}; gates on {data_name} "
         f"({sum(len(b.feeds['input_ids']) for b in batches)} examples)")
@@ -165,7 +185,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         pruned = len(set(mcfg.num_heads)) > 1 or len(set(mcfg.ffn_sizes)) > 1
         manifest = {
                 "task": task, "labels": list(mcfg.labels), "max_length": max_length, "doc_stride": stride,
-            "thresholds": thresholds,
+            "thresholds": thresholds, "prompt": prompt,
             "inputs": list(INPUT_NAMES),
             "outputs": list(TASK_OUTPUTS[task]),
             "pooling": mcfg.pooling if task == "embed" else None,
@@ -224,6 +244,9 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     artifact = Path(artifact)
     manifest = load_manifest(artifact, verify=True)
     log(f"{artifact}: sha256 of {len(manifest['files'])} files verified")
+    if manifest.get("ensemble"):
+        raise ArtifactError(f"{artifact} is an ensemble: its files are verified, and its gates were against its "
+                            "members; verify each member artifact against its checkpoint")
     recorded = manifest.get("source", {})
     ckpt = Path(checkpoint or recorded.get("checkpoint") or "")
     if not ckpt.is_dir():
@@ -235,10 +258,12 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
     stored = manifest.get("parity", {}).get("config", {})
     pcfg = parity or ParityConfig(**{**stored, "eval_path": eval_path})
     ecfg = ExportConfig(task=manifest["task"], pooling=manifest.get("pooling"), normalize=manifest.get("normalize"))
-    model, _ = load_for_export(ckpt, ecfg)
+    prompt = manifest.get("prompt")
+    model, _ = load_for_export(ckpt, ecfg, prompt)
     tokenizer = load_tokenizer(artifact / "tokenizer.json")
     batches = _batches(pcfg.eval_path, model, tokenizer, manifest["max_length"], pcfg,
-                       stride=manifest.get("doc_stride"), options=decode_options(manifest))
+                       stride=manifest.get("doc_stride"), options=decode_options(manifest),
+                       prompt=prompt and prompt["pattern"])
     ref = torch_outputs(model, batches, progress)
     prec = manifest["precision"]
     report = check(manifest["task"], "fp32" if prec == "fp32" else ("fp16" if prec == "fp16" else "int8"), ref,

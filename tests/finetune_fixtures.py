@@ -31,6 +31,19 @@ def make_base(path, seed=0, task="base", layers=2, hidden=32):
     return path
 
 
+def cli(monkeypatch, capsys, *args):
+    """Run ``bertrt ARGS`` in-process: (exit status, stdout, stderr)."""
+    import sys
+
+    from bertrt.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["bertrt", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
 def filler(rng, n):
     return [rng.choice(FILLER) for _ in range(n)]
 

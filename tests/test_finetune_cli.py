@@ -1,22 +1,17 @@
-"""The finetune / evaluate / zeroshot commands: merge parity, reports, early stopping, FGM, zero-shot, bad input."""
+"""The finetune / evaluate commands: merge parity, reports, early stopping, FGM, bad input (prompts: test_prompt)."""
 
 import json
-import random
-import sys
 
 import pytest
 import torch
 
-from bertrt.checkpoint import load_checkpoint, save_checkpoint
-from bertrt.cli import main
+from bertrt.checkpoint import load_checkpoint
 from bertrt.data import tasks as T
 from bertrt.tokenizer import load_tokenizer
 from bertrt.train.evaluate import load_task_model
 from bertrt.train.finetune import FinetuneConfig, finetune
-from bertrt.train.loop import EpochBatches, TrainConfig, train
-from bertrt.train.zeroshot import zeroshot
 
-from .finetune_fixtures import one_thread, FILLER, classify_rows, make_base, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
+from .finetune_fixtures import one_thread, cli, classify_rows, make_base, squad, write_jsonl  # noqa: F401  (one_thread: autouse)
 
 
 
@@ -24,14 +19,6 @@ from .finetune_fixtures import one_thread, FILLER, classify_rows, make_base, squ
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return make_base(tmp_path_factory.mktemp("cli") / "base")
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bertrt", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def batch_logits(path, rows):
@@ -115,47 +102,6 @@ def test_early_stopping_keeps_the_best_and_stops(base, tmp_path):
     r = finetune(train, tmp_path / "m", base, cfg, eval_path=train)
     assert r.stopped_early and len(r.evals) == 3 and [e["step"] for e in r.evals] == [2, 4, 6]
     assert json.loads((tmp_path / "m" / "finetune.json").read_text())["stopped_early"] is True
-
-
-def test_zeroshot_beats_chance(tmp_path):
-    """An MLM that saw 'w1 w2 ... topic sport' in pretraining classifies new texts by the prompt alone."""
-    topics = {"sport": ["ball", "goal", "team"], "food": ["bread", "soup", "rice"]}
-    rng = random.Random(0)
-
-    def sentence(label):
-        words = [rng.choice(FILLER) for _ in range(rng.randint(1, 3))] + rng.choices(topics[label], k=2)
-        rng.shuffle(words)
-        return " ".join(words)
-
-    base = make_base(tmp_path / "mlm-base", task="mlm")
-    model, tok = load_checkpoint(base), load_tokenizer(base)
-    mask_id = tok.token_to_id("[MASK]")
-    items = []
-    for _ in range(400):
-        label = rng.choice(list(topics))
-        ids = tok.encode(f"{sentence(label)} topic {label}").ids
-        target = list(ids)
-        masked = [i for i in range(1, len(ids) - 1) if rng.random() < 0.15] + [len(ids) - 2] * (rng.random() < 0.6)
-        ids = [mask_id if i in masked else t for i, t in enumerate(ids)]
-        items.append({"input_ids": ids, "token_type_ids": [0] * len(ids),
-                      "labels": [t if i in masked else -100 for i, t in enumerate(target)]})
-
-    def loss_fn(m, b):
-        positions = b["labels"] != -100
-        logits = m(b["input_ids"], b["attention_mask"], b["token_type_ids"], mlm_positions=positions)["mlm_logits"]
-        return torch.nn.functional.cross_entropy(logits, b["labels"][positions], reduction="sum"), int(positions.sum())
-
-    train(model, EpochBatches(items, 16, T.collate), loss_fn, TrainConfig(lr=3e-3, epochs=8, progress=False),
-          tmp_path / "run")
-    save_checkpoint(model, tmp_path / "mlm", tokenizer=tok)
-    rows = [{"text": sentence(label), "label": label} for label in ["sport", "food"] * 30]
-    data = write_jsonl(tmp_path / "zs.jsonl", rows)
-    (tmp_path / "verbalizer.json").write_text(json.dumps({"sport": ["sport"], "food": "food"}))
-    args = (data, "{text} topic [MASK]", tmp_path / "verbalizer.json")
-    untrained = zeroshot(base, *args, progress=False)["report"]["accuracy"]
-    trained = zeroshot(tmp_path / "mlm", *args, progress=False)
-    assert trained["report"]["accuracy"] >= 0.9 and untrained <= 0.7, (trained["report"]["accuracy"], untrained)
-    assert len(trained["predictions"]) == 60
 
 
 # ------------------------------------------------------------------------------------------------- bad input

@@ -60,25 +60,44 @@ def read_workload(path: str | Path, task: str = "classify", limit: int | None = 
 def reference_answers(checkpoint: str | Path, w: Workload, manifest: dict, batch_size: int = 32):
     """(answers, encoded inputs) of bertrt's PyTorch fp32 model on ``w``, encoded and decoded as the artifact of
     ``manifest`` encodes and decodes (its max length, window stride, pooling, thresholds; ``long`` as the bench
-    runs the artifact)."""
-    from ..checkpoint import load_checkpoint
+    runs the artifact). An ensemble's reference is its members' source checkpoints, combined as its graph combines
+    them (``bertrt.tasks.decode.ensemble_outputs``)."""
     from ..runtime.encode import parse_input
     from ..runtime.runtime import encoder_for
+    from ..tasks.decode import ensemble_outputs
     from ..tasks.predict import decode_options, predict
     from ..tokenizer import load_tokenizer
     from ..train.evaluate import torch_forward
 
     task, max_length = manifest["task"], int(manifest["max_length"])
-    model = load_checkpoint(checkpoint, task=task)
-    if task == "embed":  # the artifact's pooling, as export applied it
-        model.config.pooling = manifest.get("pooling") or model.config.pooling
-        model.config.normalize = bool(manifest.get("normalize"))
+    members = (manifest.get("ensemble") or {}).get("members")
+    if members:
+        models = [_reference_model(m["source"]["checkpoint"], {**manifest, **m}) for m in members]
+        forwards = [torch_forward(m) for m in models]
+        forward = lambda feeds: ensemble_outputs(task, [f(feeds) for f in forwards])  # noqa: E731
+        labels = list(models[0].config.labels)
+    else:
+        model = _reference_model(checkpoint, manifest)
+        forward, labels = torch_forward(model), list(model.config.labels)
     encoder = encoder_for(manifest, load_tokenizer(checkpoint), manifest.get("long") or "truncate")
     encs = encoder.encode([parse_input(x, task) for x in w.texts])
-    labels = list(model.config.labels)
-    answers = predict(task, encs, torch_forward(model), labels, encoder.pad_id, max_length,
+    answers = predict(task, encs, forward, labels, encoder.pad_id, max_length,
                       batch_size * max_length, batch_size, decode_options(manifest))
     return answers, encs, labels
+
+
+def _reference_model(checkpoint, manifest: dict):
+    """The PyTorch model an artifact of ``manifest`` was exported from: its task's model, the masked-LM read through
+    the verbalizer for a prompt artifact, with an embed artifact's pooling."""
+    from ..checkpoint import load_checkpoint, load_cloze
+
+    prompt = manifest.get("prompt")
+    model = load_cloze(checkpoint, prompt["verbalizer"]) if prompt else load_checkpoint(checkpoint,
+                                                                                        task=manifest["task"])
+    if manifest["task"] == "embed":  # the artifact's pooling, as export applied it
+        model.config.pooling = manifest.get("pooling") or model.config.pooling
+        model.config.normalize = bool(manifest.get("normalize"))
+    return model
 
 
 @dataclass

@@ -64,6 +64,14 @@ class BenchConfig:
 
 
 def _reference_for(manifest: dict, reference: str | None, where: Path) -> Path:
+    members = (manifest.get("ensemble") or {}).get("members")
+    if members:  # an ensemble is checked against its members' checkpoints, combined (gate.reference_answers)
+        refs = [Path((m.get("source") or {}).get("checkpoint") or "") for m in members]
+        missing = [str(r) for r in refs if not r.is_dir()]
+        if missing:
+            raise BertrtError(f"{where}: the ensemble's reference is its members' checkpoints, and "
+                              f"{', '.join(missing)} are not available")
+        return refs[0]
     ref = Path(reference) if reference else Path((manifest.get("source") or {}).get("checkpoint") or "")
     if not ref.is_dir():
         raise BertrtError(f"{where}: no reference checkpoint to check it against; pass --reference with the "
@@ -79,7 +87,7 @@ class _References:
 
     def get(self, checkpoint: Path, manifest: dict, w: G.Workload) -> tuple[list[dict], list]:
         settings = {k: manifest.get(k) for k in ("task", "max_length", "doc_stride", "thresholds", "pooling",
-                                                 "normalize", "long")}
+                                                 "normalize", "long", "prompt", "ensemble")}
         key = (str(checkpoint.resolve()), json.dumps(settings, sort_keys=True), w.name)
         if key not in self.cache:
             answers, encs, labels = G.reference_answers(checkpoint, w, settings)

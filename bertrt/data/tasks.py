@@ -315,20 +315,24 @@ def inputs_and_gold(task: str, examples: list) -> tuple[list[tuple[str, str | No
     return [(e.question, e.context) for e in examples], gold if all(gold) else None
 
 
-def _encoder(tok, task: str, max_length: int, doc_stride: int | None = None) -> TextEncoder:
+def _encoder(tok, task: str, max_length: int, doc_stride: int | None = None, prompt: str | None = None):
     try:
-        return TextEncoder(tok, task, max_length, doc_stride)
+        return TextEncoder(tok, task, max_length, doc_stride, prompt=prompt)
     except InputError as e:
         raise DataError(str(e)) from None
 
 
 def encode_classify(examples: list[ClassifyExample], tok, labels: list[str], max_length: int,
-                    multilabel: bool = False) -> list[dict]:
+                    multilabel: bool = False, prompt: str | None = None) -> list[dict]:
     """One feature per example, truncated to ``max_length`` exactly as the runtime truncates. ``labels`` is the
-    class id, or with ``multilabel`` a 0/1 ``targets`` vector over ``labels``."""
+    class id, or with ``multilabel`` a 0/1 ``targets`` vector over ``labels``. ``prompt``: a cloze pattern each
+    text is filled into (few-shot prompt training)."""
     index = {l: i for i, l in enumerate(labels)}
     pairs, _ = inputs_and_gold("classify", examples)
-    encs = _encoder(tok, "classify", max_length).encode(pairs)
+    try:
+        encs = _encoder(tok, "classify", max_length, prompt=prompt).encode(pairs)
+    except InputError as e:
+        raise DataError(str(e)) from None
     out = []
     for e, enc in zip(examples, encs):
         f = {"input_ids": enc.windows[0].ids, "token_type_ids": enc.windows[0].type_ids}

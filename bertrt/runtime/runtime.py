@@ -104,7 +104,9 @@ class Runtime:
 
 
 def encoder_for(manifest: dict, tokenizer, long: str = "truncate") -> TextEncoder:
-    """The encoder an artifact's inputs need: its task, max length and the windows' stride fine-tuning used."""
+    """The encoder an artifact's inputs need: its task, max length, the windows' stride fine-tuning used and, for a
+    prompt artifact, the cloze pattern its texts are filled into."""
     stride = manifest.get("doc_stride")
+    prompt = (manifest.get("prompt") or {}).get("pattern")
     return TextEncoder(tokenizer, manifest["task"], int(manifest["max_length"]),
-                       None if stride is None else int(stride), long)
+                       None if stride is None else int(stride), long, prompt)

@@ -195,6 +195,27 @@ def qa(rows: list[dict], enc: Encoded, max_answer_tokens: int = MAX_ANSWER_TOKEN
                     "score": float(ps[np.searchsorted(ctx, a)] * pe[np.searchsorted(ctx, b)])}, enc)
 
 
+# ----------------------------------------------------------------------------------------------------- ensembles
+ENSEMBLE_TASKS = ("classify", "multilabel", "relation", "ner", "embed")  # qa's logit sums do not average
+PROB_FLOOR = 1e-30  # probabilities are floored here before the log: a finite logit, 0 after softmax
+SIGMOID_FLOOR = 1e-7  # multilabel: probabilities kept in [1e-7, 1 - 1e-7] (float32 cannot hold 1 - 1e-30)
+
+
+def ensemble_outputs(task: str, outputs: list[dict]) -> dict:
+    """Members' raw outputs on the same rows -> the ensemble's, in the same form, so decoding stays one rule: the
+    mean of the members' probabilities as the logits whose softmax (multilabel: sigmoid) gives it back; embeddings
+    averaged. An ensemble artifact's graph computes exactly this (``bertrt.converters.ensemble``)."""
+    if task not in ENSEMBLE_TASKS:
+        raise ValueError(f"{task} outputs do not average into an ensemble")
+    if task == "embed":
+        return {"embedding": np.mean([np.asarray(o["embedding"], np.float64) for o in outputs], axis=0)}
+    if task == "multilabel":
+        p = np.clip(np.mean([sigmoid(o["logits"]) for o in outputs], axis=0), SIGMOID_FLOOR, 1 - SIGMOID_FLOOR)
+        return {"logits": np.log(p) - np.log1p(-p)}
+    p = np.mean([softmax(o["logits"]) for o in outputs], axis=0)
+    return {"logits": np.log(np.maximum(p, PROB_FLOOR))}
+
+
 # ------------------------------------------------------------------------------------------------------ any task
 def decode(task: str, rows: list[dict], enc: Encoded, labels: list[str], options: dict | None = None) -> dict:
     options = options or {}

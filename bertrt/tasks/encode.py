@@ -10,6 +10,8 @@ One ``TextEncoder`` per (tokenizer, task, max length, stride, long-input mode). 
   fine-tuning adds) around the two character spans; a long text keeps the window around both spans.
 - qa: ``[CLS] question [SEP] context window [SEP]``; a long context becomes windows ``stride`` tokens apart in
   overlap (Hugging Face's ``doc_stride``), exactly as fine-tuning builds them.
+- classify with a cloze ``prompt`` pattern: the text filled into the pattern, cut so the mask always fits
+  (``bertrt.tasks.prompt``).
 
 Tokenizers are configured once and never mutated afterwards, so one encoder is safe to share between threads.
 """
@@ -153,7 +155,8 @@ class Encoded:
 class TextEncoder:
     """Encode (first text, optional second text) pairs for one task; see the module docstring."""
 
-    def __init__(self, tokenizer, task: str, max_length: int, stride: int | None = None, long: str = "truncate"):
+    def __init__(self, tokenizer, task: str, max_length: int, stride: int | None = None, long: str = "truncate",
+                 prompt: str | None = None):
         if max_length < 3:
             raise InputError(f"max_length {max_length} is too short for [CLS] text [SEP]")
         if long not in LONG_MODES:
@@ -171,10 +174,20 @@ class TextEncoder:
         self._prefix_chars = max_length * PREFIX_CHARS_PER_TOKEN if _prefix_safe(base) else None
         if (task in ("ner", "qa") or long == "chunks") and (self.cls_id is None or self.sep_id is None):
             raise InputError("the tokenizer has no [CLS] or [SEP] token; windows need a BERT WordPiece vocabulary")
+        self.prompt = None
+        if prompt is not None:
+            if task != "classify" or long != "truncate":
+                raise InputError("a cloze prompt reads one [MASK] per input: it is for classify, truncated (not "
+                                 f"{task}, long={long})")
+            from .prompt import PromptEncoder
+
+            self.prompt = PromptEncoder(self, prompt)
 
     def encode(self, pairs: list[tuple[str, str | None]]) -> list[Encoded]:
         if not pairs:
             return []
+        if self.prompt is not None:
+            return self.prompt.encode(pairs)
         if self.task == "qa":
             return self._qa(pairs)
         if self.task == "ner":

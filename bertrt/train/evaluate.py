@@ -16,6 +16,7 @@ import torch
 
 from ..data import tasks as T
 from ..tasks import metrics as M
+from ..errors import DataError, InputError
 from ..tasks.encode import TextEncoder
 from ..checkpoint import finetune_record
 from ..tasks.predict import decode_options, predict
@@ -37,13 +38,17 @@ def torch_forward(model):
 
 def predict_examples(model, tokenizer, examples: list, task: str, labels: list[str], max_length: int = 128,
                      doc_stride: int | None = None, batch_size: int = 64, progress: bool = False, long: str = "truncate",
-                     options: dict | None = None):
+                     options: dict | None = None, prompt: str | None = None):
     """(answers as the runtime returns them, encoded inputs, gold) for ``examples``: encoded, windowed, batched
-    and decoded by ``bertrt.tasks``, exactly as an artifact of this model would be, only the forward in PyTorch."""
+    and decoded by ``bertrt.tasks``, exactly as an artifact of this model would be, only the forward in PyTorch.
+    ``prompt``: the cloze pattern a prompt model (``bertrt.model.Cloze``) reads its texts through."""
     from tqdm.auto import tqdm
 
     pairs, gold = T.inputs_and_gold(task, examples)
-    encs = TextEncoder(tokenizer, task, max_length, doc_stride, long).encode(pairs)
+    try:
+        encs = TextEncoder(tokenizer, task, max_length, doc_stride, long, prompt).encode(pairs)
+    except InputError as e:
+        raise DataError(str(e)) from None
     forward = torch_forward(model)
     answers = []
     step = 256  # inputs per call: bounds memory, drives the progress bar
@@ -60,22 +65,25 @@ def _pad_id(tokenizer, model) -> int:
 
 def evaluate(model, tokenizer, examples: list, task: str, labels: list[str], max_length: int = 128,
              doc_stride: int | None = None, batch_size: int = 64, progress: bool = False,
-             long: str = "truncate", options: dict | None = None) -> dict:
+             long: str = "truncate", options: dict | None = None, prompt: str | None = None) -> dict:
     """The task's report for ``model`` on labelled ``examples`` (``bertrt.tasks.metrics.report``); ``options``:
     decoding settings (``bertrt.tasks.predict.decode_options``, e.g. multilabel thresholds)."""
     answers, encs, gold = predict_examples(model, tokenizer, examples, task, labels, max_length, doc_stride,
-                                           batch_size, progress, long, options)
+                                           batch_size, progress, long, options, prompt)
     return M.report(task, answers, gold, labels, encs)
 
 
 def load_task_model(path: str | os.PathLike, base: str | os.PathLike | None = None):
     """A fine-tuned checkpoint directory -> (model, tokenizer); PEFT directories are rebuilt on their base."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, load_cloze
     from ..errors import CheckpointError
     from ..tokenizer import load_tokenizer
     from .peft import is_peft_dir, load_peft
 
     path = Path(path)
+    prompt = finetune_record(path).get("prompt")
+    if prompt is not None:  # a few-shot prompt model: its MLM read through the verbalizer it was trained with
+        return load_cloze(path, prompt["verbalizer"]), load_tokenizer(path)
     model = load_peft(path, base).model if is_peft_dir(path) else load_checkpoint(path)
     if model.config.task not in T.TASK_FORMATS:
         raise CheckpointError(f"{path} is a {model.config.task!r} model; evaluate needs a fine-tuned classify, ner or "
@@ -93,5 +101,5 @@ def evaluate_dir(model_dir, data, max_length: int | None = None, doc_stride: int
     max_length = min(max_length or trained.get("max_length") or 512, cfg.max_position_embeddings)
     doc_stride = doc_stride if doc_stride is not None else trained.get("doc_stride")
     report = evaluate(model, tok, examples, cfg.task, cfg.labels, max_length, doc_stride, batch_size, progress, long,
-                      decode_options(trained))
+                      decode_options(trained), (trained.get("prompt") or {}).get("pattern"))
     return {"model": str(model_dir), "data": str(data), "max_length": max_length, **report}

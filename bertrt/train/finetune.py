@@ -14,6 +14,11 @@
    task's metric (accuracy; entity F1; SQuAD F1) and stops after ``patience`` evaluations without improvement;
    ``resume`` continues an interrupted run from its last ``save_every`` checkpoint (the best-so-far tracking
    starts again from there: evaluations before the interruption are not remembered);
+Few-shot by prompt (PET; ``prompt`` and ``verbalizer``): a masked-LM checkpoint is trained as a classifier through
+its MLM head (``bertrt.model.Cloze``: cross-entropy over the label logits its verbalizer words give at the prompt's
+mask), and ``OUT`` is a masked-LM checkpoint whose ``finetune.json`` records the pattern and verbalizer, which
+``bertrt evaluate`` and ``bertrt export`` read.
+
 4. writes ``OUT`` atomically: a plain checkpoint (full fine-tuning, or PEFT with ``merge``) or a PEFT directory
    (adapter + head, ``peft.json``), plus ``finetune.json`` (config, labels, parameter counts, evaluations, the best
    report, and under "continual" the old-task forgetting beside the new-task gain). ``OUT/run/`` moves inside it.
@@ -85,6 +90,9 @@ class FinetuneConfig:
     anchor_weight: float = 1.0
     fisher_samples: int = 256  # old examples EWC's Fisher estimate uses
     group_by_length: bool = False  # batches of similar lengths (EpochBatches): faster on mixed-length data
+    # few-shot by prompt: the cloze pattern and the verbalizer (label -> words, bertrt.tasks.prompt)
+    prompt: str | None = None
+    verbalizer: dict | None = None
 
     def __post_init__(self):
         if self.task not in T.TASK_FORMATS:
@@ -117,6 +125,16 @@ class FinetuneConfig:
                 or self.replay_repeat < 1:
             raise BertrtError("--anchor-weight must be > 0, --fisher-samples >= 1, --replay-ratio in (0, 1] and "
                               "--replay-repeat >= 1")
+        if (self.prompt is None) != (self.verbalizer is None):
+            raise BertrtError("--prompt and --verbalizer go together: the pattern's mask is read through the words")
+        if self.prompt is not None:
+            from ..tasks.prompt import check_pattern, check_verbalizer
+
+            if self.task != "classify" or self.peft is not None or self.anchor is not None:
+                raise BertrtError("--prompt trains a classify model through the MLM head, fully: it does not combine "
+                                  "with another --task, --peft or --anchor")
+            check_pattern(self.prompt)
+            self.verbalizer = check_verbalizer(self.verbalizer)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,7 +161,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     ``fisher_path`` (old data for EWC's Fisher; default the replay data), ``eval_old_path`` (old test data,
     evaluated before and after)."""
     from ..atomic import atomic_dir, check_writable
-    from ..checkpoint import load_checkpoint, read_config, write_checkpoint_files
+    from ..checkpoint import load_checkpoint, load_cloze, read_config, write_checkpoint_files
     from ..tokenizer import load_tokenizer
     from .evaluate import evaluate
     from .loop import EpochBatches, TrainConfig, train
@@ -160,9 +178,12 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     fisher_path = fisher_path if fisher_path is not None else replay_path
     fisher_ex = T.read_task(fisher_path, task) if config.anchor == "ewc" and fisher_path is not None else None
     old_ex = T.read_task(eval_old_path, task) if eval_old_path is not None else None
-    labels = T.infer_labels(task, train_ex + (replay_ex or []))
+    prompt = config.prompt
+    labels = T.infer_labels(task, train_ex + (replay_ex or [])) if prompt is None else list(config.verbalizer)
+    if prompt is not None:
+        T.check_labels(task, train_ex + (replay_ex or []), labels, train_path)
     src_cfg, _ = read_config(from_path)  # CheckpointError when it is not a BERT directory
-    continual = task in ("classify", "ner") and src_cfg.task == task and not config.new_head
+    continual = task in ("classify", "ner") and src_cfg.task == task and not config.new_head and prompt is None
     if continual:  # keep every label the previous model knew, in its order, and its head rows for them
         labels = continual_labels(src_cfg.labels, labels)
     if (old_ex is not None or config.anchor == "ewc") and src_cfg.task != task:
@@ -181,7 +202,10 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     tok = load_tokenizer(from_path)
     max_length = min(config.max_length, src_cfg.max_position_embeddings)
     torch.manual_seed(config.seed)
-    model = load_checkpoint(from_path, task=task, labels=labels or None, init_missing_head=True)
+    if prompt is not None:
+        model = load_cloze(from_path, config.verbalizer, tok)
+    else:
+        model = load_checkpoint(from_path, task=task, labels=labels or None, init_missing_head=True)
     previous = None
     if src_cfg.task == task and (continual or old_ex is not None or fisher_ex is not None):
         previous = load_checkpoint(from_path)  # as it was: the old task's reference
@@ -201,7 +225,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
 
         add_markers(model, tok)  # the entity markers join the tokenizer (saved with the checkpoint) and embeddings
 
-    encode = {"classify": lambda ex: T.encode_classify(ex, tok, labels, max_length),
+    encode = {"classify": lambda ex: T.encode_classify(ex, tok, labels, max_length, prompt=prompt),
               "multilabel": lambda ex: T.encode_classify(ex, tok, labels, max_length, multilabel=True),
               "relation": lambda ex: T.encode_relation(ex, tok, labels, max_length),
               "ner": lambda ex: T.encode_ner(ex, tok, labels, max_length, config.doc_stride),
@@ -244,7 +268,8 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     pad_id = tok.token_to_id("[PAD]") or 0
 
     # ---- continual learning: the old task before training, and the anchor (its references are the step-0 weights)
-    report_of = lambda m, ex, names: evaluate(m, tok, ex, task, names, max_length, config.doc_stride)  # noqa: E731
+    report_of = lambda m, ex, names: evaluate(m, tok, ex, task, names, max_length, config.doc_stride,  # noqa: E731
+                                              prompt=prompt)
     before, extra_callbacks = {}, []
     if previous is not None:
         previous.to(_device(device))
@@ -269,7 +294,7 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     reports = []
 
     def eval_fn(m):
-        report = evaluate(m, tok, eval_ex, task, labels, max_length, config.doc_stride)
+        report = evaluate(m, tok, eval_ex, task, labels, max_length, config.doc_stride, prompt=prompt)
         reports.append(report)
         name, score = main_metric(report)
         return {name: score}
@@ -290,6 +315,8 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
         batches = AugmentedEpochs(task, train_ex, train_feats, encode, config.augment, config.augment_per_example,
                                   batch_size, collate, config.seed, filler, group_by_length=config.group_by_length)
     save_fn = (lambda m, d: peft.write_files(d, from_path, tok)) if peft is not None else None
+    if prompt is not None:  # the masked-LM model is what a prompt model saves
+        save_fn = lambda m, d: write_checkpoint_files(m.mlm, d, tok)  # noqa: E731
     keep_best = EarlyStopping(config.patience, params=_kept)
     callbacks = [keep_best, *extra_callbacks] + ([_PeftSteps(peft)] if peft is not None else [])
     result = train(model, batches, loss_fn, loop_cfg, run_dir, eval_fn=eval_fn if eval_ex is not None else None,
@@ -334,9 +361,11 @@ def finetune(train_path, out, from_path, config: FinetuneConfig, eval_path=None,
     info["config"]["batch_size"] = batch_size
     if thresholds is not None:
         info["thresholds"] = thresholds
+    if prompt is not None:
+        info["prompt"] = {"pattern": prompt, "verbalizer": config.verbalizer}
     with atomic_dir(out, force=True) as tmp:
         if peft is None:
-            write_checkpoint_files(model, tmp, tok)
+            write_checkpoint_files(model.mlm if prompt is not None else model, tmp, tok)
         elif config.merge:
             write_checkpoint_files(peft.merge(), tmp, tok)
         else:
