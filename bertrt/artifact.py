@@ -242,7 +242,10 @@ def _gate_lines(parity: dict) -> list[str]:
     lines = [f"gates        {'passed' if final['passed'] else 'FAILED'}: {final['precision']} against the PyTorch "
              f"fp32 model on {final['examples']} examples of {parity.get('data', '?')}"]
     for name, g in final["gates"].items():
-        lines.append(f"  {name:<11} {_number(g['value']):<10} {'passed' if g['passed'] else 'FAILED':<7} {g['rule']}")
+        verdict = "undecided" if g.get("verdict") == "undecided" else ("passed" if g["passed"] else "FAILED")
+        lines.append(f"  {name:<11} {_number(g['value']):<10} {verdict:<7} {g['rule']}")
+    if final.get("decided_by"):
+        lines.append(f"  decided by {final['decided_by']}")
     for stage in GATE_STAGES:
         s = parity.get(stage)
         if s:

@@ -663,6 +663,10 @@ def _format_export(path: Path, m: dict) -> str:
 
     lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): "
                  + format_gates(final, rules="rule", sep="; "))
+    if final["gates"]["decision"].get("detail"):
+        lines.append(f"decisions  {final['gates']['decision']['detail']}")
+    if final.get("decided_by"):
+        lines.append(f"decided by {final['decided_by']}")
     return "\n".join(lines)
 
 

@@ -159,7 +159,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         if precision == "fp32" and parity.device != "cpu":
             gate_reports["final"] = evaluate(current, "fp32")
         log(f"gates passed: {format_gates(final_report)}")
-
+        log(f"decided by {final_report['decided_by']}")
         tok_dir = work / "tokenizer"
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
         pruned = len(set(mcfg.num_heads)) > 1 or len(set(mcfg.ffn_sizes)) > 1
