@@ -221,6 +221,10 @@ def format_manifest(path: str | os.PathLike, m: dict) -> str:
         lines += layer_table(model["num_heads"], model["ffn_sizes"],
                              (o["num_heads"], o["ffn_sizes"]) if isinstance(record, dict) else None)
     lines += _gate_lines(m.get("parity") or {})
+    if m.get("backends"):
+        from .runtime.backends import describe_backends  # lazily: the runtime imports this module
+
+        lines.append(f"backends     {describe_backends(m)}")
     source = m.get("source") or {}
     if source.get("checkpoint"):
         digest = source.get("weights_sha256")

@@ -15,6 +15,7 @@ from bertrt.errors import ExportError
 
 ARTIFACT_TASKS = tuple(TASK_OUTPUTS)  # classify, ner, qa, embed
 QUANT_MODES = ("none", "dynamic", "static")
+OPENVINO_MODES = ("off", "auto", "on")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Ops kept in fp32 by --fp16: normalisations and reductions lose too much in half precision.
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax",
@@ -130,6 +131,19 @@ class QuantizeConfig(_Config):
     @classmethod
     def arm64(cls, mode: str = "dynamic", **kw) -> "QuantizeConfig":
         return cls(mode=mode, preset="arm64", **kw)
+
+
+@dataclass
+class OpenVINOConfig(_Config):
+    """The artifact's OpenVINO IR variant (NNCF INT8 when the export quantizes, else fp32), gated like the ONNX one:
+    "on" builds it (an error without openvino and nncf), "auto" builds it when they are installed, "off" never.
+    The CLI's default is "auto"; the library's is "off", so that an export costs no second variant unless asked."""
+
+    mode: str = "off"
+
+    def __post_init__(self):
+        _check(self.mode in OPENVINO_MODES, f"--openvino must be one of {', '.join(OPENVINO_MODES)}, not "
+               f"{self.mode!r}")
 
 
 @dataclass
