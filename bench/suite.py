@@ -3,7 +3,10 @@ on BBC News (``bertrt.data.bbc``'s split: 1,780 training, 445 test articles), ex
 INT8 / static INT8 / pruned / pruned + INT8 (each parity-gated on the test articles; pruned keeps 40% of the
 FLOPs, recovered by distillation on the training articles and their headlines and first sentences), then ``bertrt
 bench`` on two workloads (the test articles truncated at 128 tokens; their headlines and first sentences) against
-PyTorch eager fp32 and bf16 autocast, torch dynamic INT8, and ONNX Runtime fp32 / dynamic INT8 on a plain export.
+PyTorch eager fp32 and bf16 autocast, torch dynamic INT8, ONNX Runtime fp32 / dynamic INT8 on a plain export, and
+OpenVINO fp32 / NNCF INT8 on that export (when openvino and nncf are installed). Exports carry their OpenVINO variant
+then too (as `bertrt export`'s default `--openvino auto`), and each artifact runs on the backend its export timed
+faster. ``--gates default`` exports as `bertrt export` does without --eval (built-in sample, no calibration file).
 
     python bench/suite.py --out bench/results/suite                       # fine-tunes first (~5 min on 2 cores)
     python bench/suite.py --out bench/results/suite --checkpoint DIR      # reuse a BBC fine-tuned checkpoint
@@ -87,7 +90,7 @@ VARIANTS = {  # name: (checkpoint key, optimize, quantize mode)
 
 
 def export_all(args, ckpts: dict, train_file: Path, test_file: Path) -> dict:
-    from bertrt.converters.config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
+    from bertrt.converters.config import ExportConfig, OpenVINOConfig, OptimizeConfig, ParityConfig, QuantizeConfig
     from bertrt.converters.pipeline import export_artifact
     from bertrt.errors import BertrtError
 
@@ -98,12 +101,19 @@ def export_all(args, ckpts: dict, train_file: Path, test_file: Path) -> dict:
         t0 = time.perf_counter()
         quant = QuantizeConfig(mode=mode) if mode else None
         try:
+            on_eval = args.gates == "eval"
             m = export_artifact(ckpts[ckpt], args.out / "artifacts" / name, ExportConfig(max_length=args.max_length),
                                 OptimizeConfig(enabled=optimize), quant,
-                                ParityConfig(eval_path=str(test_file), max_samples=100_000, **loose),
-                                calib_path=str(train_file), force=True, log=lambda s: print("   ", s, flush=True))
+                                ParityConfig(eval_path=str(test_file) if on_eval else None, max_samples=100_000,
+                                             **loose),
+                                calib_path=str(train_file) if on_eval or mode == "static" else None, force=True,
+                                log=lambda s: print("   ", s, flush=True), openvino=OpenVINOConfig("auto"))
             results[name] = {"precision": m["precision"], "seconds": round(time.perf_counter() - t0, 1),
                              "gates": {k: g["value"] for k, g in m["parity"]["final"]["gates"].items()},
+                             "decided_by": m["parity"]["final"].get("decided_by"),
+                             "backends": {k: {"precision": v.get("precision"), "seconds": v.get("seconds"),
+                                              "passed": v.get("passed")}
+                                          for k, v in (m.get("backends") or {}).items() if k != "timing"},
                              "fp32_units": (m.get("quantization") or {}).get("fp32_units")}
         except BertrtError as e:
             results[name] = {"error": str(e), "seconds": round(time.perf_counter() - t0, 1)}
@@ -126,6 +136,9 @@ def main(argv=None) -> int:
                     "default each training article also gives its headline and first sentence (the short "
                     "workload's kind of text, from training articles only), so distillation also teaches the pruned "
                     "model the short inputs it is benched on.")
+    ap.add_argument("--gates", choices=["eval", "default"], default="eval", help="eval: every export gated on the "
+                    "test articles (--eval) and static INT8 calibrated on training articles; default: as `bertrt "
+                    "export` without --eval (static INT8 still calibrates on the training articles).")
     ap.add_argument("--max-length", type=int, default=128, help="Truncation of every workload (tokens).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every variant and peer.")
     ap.add_argument("--batch-sizes", default="1,8,32", help="Throughput batch sizes.")

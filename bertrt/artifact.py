@@ -230,6 +230,10 @@ def format_manifest(path: str | os.PathLike, m: dict) -> str:
         lines += layer_table(model["num_heads"], model["ffn_sizes"],
                              (o["num_heads"], o["ffn_sizes"]) if isinstance(record, dict) else None)
     lines += _gate_lines(m.get("parity") or {})
+    if m.get("backends"):
+        from .runtime.backends import describe_backends  # lazily: the runtime imports this module
+
+        lines.append(f"backends     {describe_backends(m)}")
     source = m.get("source") or {}
     if source.get("checkpoint"):
         digest = source.get("weights_sha256")
@@ -252,7 +256,10 @@ def _gate_lines(parity: dict) -> list[str]:
     lines = [f"gates        {'passed' if final['passed'] else 'FAILED'}: {against} on {final['examples']} examples "
              f"of {parity.get('data', '?')}"]
     for name, g in final["gates"].items():
-        lines.append(f"  {name:<11} {_number(g['value']):<10} {'passed' if g['passed'] else 'FAILED':<7} {g['rule']}")
+        verdict = "undecided" if g.get("verdict") == "undecided" else ("passed" if g["passed"] else "FAILED")
+        lines.append(f"  {name:<11} {_number(g['value']):<10} {verdict:<7} {g['rule']}")
+    if final.get("decided_by"):
+        lines.append(f"  decided by {final['decided_by']}")
     for stage in GATE_STAGES:
         s = parity.get(stage)
         if s:

@@ -234,6 +234,16 @@ class Long(str, Enum):
     chunks = "chunks"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+BACKEND_HELP = ("Inference engine: auto picks the fastest one installed whose variant passed its gates, by the "
+                "times the export measured; onnxruntime always works; openvino (CPU) needs an artifact exported "
+                "with an OpenVINO variant and the openvino extra. Set it when serving on a CPU other than the "
+                "exporting one (measure both with bertrt bench).")
 LONG_HELP = ("classify / embed inputs longer than the artifact's max length: truncate (the default; such outputs "
              'say "truncated": true) or chunks (overlapping windows, probabilities or vectors averaged: slower, '
              "but reads the whole text; use it when texts run long). qa contexts and ner texts are always windowed.")
@@ -266,7 +276,8 @@ def bench_command(
     limit: Optional[int] = typer.Option(None, help="Use only the first N examples of each --data file (quick "
                                         "looks; the gate then checks fewer decisions)."),
     peers: str = typer.Option("all", help="Peers to run with --reference: all, none, or a comma list of "
-                              "torch-fp32, torch-bf16, torch-int8, ort-fp32, ort-int8."),
+                              "torch-fp32, torch-bf16, torch-int8, ort-fp32, ort-int8, ov-fp32, ov-int8 (the "
+                              "OpenVINO two need openvino and nncf; all includes them when installed)."),
     max_drop: Optional[float] = typer.Option(None, help="Points of its task metric (accuracy, micro F1, relation "
                                              "F1, entity F1, SQuAD F1) an artifact may lose against the "
                                              "reference before it is refused. Default: the artifact's own export "
@@ -277,6 +288,7 @@ def bench_command(
     skip_refused: bool = typer.Option(False, "--skip-refused", help="Report refused artifacts as rows and time the "
                                       "rest, instead of stopping with an error."),
     long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
     same_process: bool = typer.Option(False, "--same-process", help="Load every variant into this process instead "
                                       "of a process each (saves a few seconds of start-up per variant; the "
                                       "numbers then depend on which libraries share the process)."),
@@ -291,7 +303,7 @@ def bench_command(
     cfg = BenchConfig(batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"), threads=threads, repeats=repeats,
                       latency_n=latency_n, limit=limit, peers=peer_list, max_drop=max_drop,
                       min_agreement=min_agreement, skip_refused=skip_refused, isolate=not same_process,
-                      long=long.value)
+                      long=long.value, backend=backend.value)
     run_bench(artifacts or [], data, output, cfg, reference=str(reference) if reference else None, force=force,
               log=lambda m: typer.echo(m, err=True))
     typer.echo((output / "bench.md").read_text())
@@ -355,6 +367,7 @@ def predict(
                                          "length). Lower it if memory is tight with long texts."),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
     long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
     ray: bool = typer.Option(False, "--ray", help="Run through Ray Data on a pool of Runtime actors (needs "
                              "bertrt[ray]); -i may be a folder of .jsonl files and -o is a folder of part files, "
@@ -378,10 +391,11 @@ def predict(
                            fmt=format, rows_per_task=rows_per_task, force=force,
                            runtime_options={"device": device.value, "threads": threads, "max_batch_size": batch_size,
                                             "max_batch_tokens": max_batch_tokens, "long": long.value,
+                                            "backend": backend.value,
                                             "trusted_keys": [str(k) for k in trusted_key] if trusted_key else None})
     check_io(texts, input, output, force)
     rt = Runtime(artifact, device=device.value, threads=threads, max_batch_tokens=max_batch_tokens,
-                 max_batch_size=batch_size, long=long.value, trusted_keys=trusted_key or None)
+                 max_batch_size=batch_size, long=long.value, trusted_keys=trusted_key or None, backend=backend.value)
     if texts and rt.task in ("qa", "relation"):
         fields = '{"question", "context"}' if rt.task == "qa" else '{"text", "head", "tail"}'
         raise InputError(f"a {rt.task} artifact needs {fields} objects: give them as JSONL with --input")
@@ -488,6 +502,7 @@ def serve(
                                       "config (for `serve deploy` or a KubeRay RayService) instead of deploying."),
     long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
+    backend: Backend = typer.Option(Backend.auto, help=BACKEND_HELP),
 ):
     """Serve an artifact over HTTP: POST /v1/predict (and /v1/mask with bertrt.mask), /healthz, /readyz, /metrics,
     /openapi.json. SIGHUP reloads --api-key-file."""
@@ -506,7 +521,7 @@ def serve(
                          max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_concurrent_requests=max_concurrent_requests, timeout=timeout,
-                         liveness_timeout=liveness_timeout, long=long.value,
+                         liveness_timeout=liveness_timeout, long=long.value, backend=backend.value,
                          trusted_keys=[str(k) for k in trusted_key] if trusted_key else None)
     limits = EdgeLimits(request_timeout=request_timeout, max_connections=max_connections, keep_alive=keep_alive,
                         graceful_timeout=graceful_timeout)
@@ -557,6 +572,12 @@ class CalibMethod(str, Enum):
 class PoolingMode(str, Enum):
     mean = "mean"
     cls = "cls"
+
+
+class OpenVINOMode(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 class GateDevice(str, Enum):
@@ -636,11 +657,16 @@ def export(
     batch_size: int = typer.Option(16, help="Batch size of the gate runs (rows of mixed lengths, right-padded)."),
     device: GateDevice = typer.Option(GateDevice.cpu, help="Where the gates run the ONNX model: cuda for fp16 "
                                       "artifacts meant for GPUs (needs onnxruntime-gpu)."),
+    openvino: OpenVINOMode = typer.Option(OpenVINOMode.auto, help="Also write an OpenVINO IR variant (NNCF INT8 "
+                                          "with --quantize, else fp32), gated like the ONNX one and timed beside "
+                                          "it, so that the runtime's backend auto can pick the faster: auto when "
+                                          "openvino and nncf are installed (the openvino extra); off for a smaller, "
+                                          "quicker export; on to fail without them."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --output."),
 ):
     """Export a checkpoint to a verified ONNX artifact: export, fuse, optionally quantize, and pass the parity
     gates (tensor, decision, task metric) before anything is written."""
-    from .converters.config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
+    from .converters.config import ExportConfig, OpenVINOConfig, OptimizeConfig, ParityConfig, QuantizeConfig
     from .converters.pipeline import export_artifact
     from .tasks.prompt import read_verbalizer
 
@@ -656,6 +682,7 @@ def export(
                                 fallback=fallback, max_fallback_layers=max_fallback_layers),
         parity=ParityConfig(eval_path=str(eval_data) if eval_data else None, max_drop=max_drop,
                             max_samples=max_samples, batch_size=batch_size, device=device.value),
+        openvino=OpenVINOConfig(mode=openvino.value),
     )
     manifest = export_artifact(checkpoint, output, calib_path=str(calib) if calib else None, force=force, **configs)
     typer.echo(_format_export(output, manifest))
@@ -680,6 +707,14 @@ def _format_export(path: Path, m: dict) -> str:
 
     lines.append(f"gates      on {m['parity']['data']} ({final['examples']} examples): "
                  + format_gates(final, rules="rule", sep="; "))
+    if final["gates"]["decision"].get("detail"):
+        lines.append(f"decisions  {final['gates']['decision']['detail']}")
+    if final.get("decided_by"):
+        lines.append(f"decided by {final['decided_by']}")
+    from .runtime.backends import describe_backends
+
+    if m.get("backends"):
+        lines.append(f"backends   {describe_backends(m)}")
     return "\n".join(lines)
 
 
@@ -889,13 +924,14 @@ def evaluate_command(
     batch_size: int = typer.Option(64, help="Examples per forward pass; lower it if memory runs out."),
     base: Path = typer.Option(None, help="PEFT checkpoints: where their base checkpoint is now, if it moved."),
     long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
+    backend: Backend = typer.Option(Backend.auto, help="Artifacts: " + BACKEND_HELP),
 ):
     """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1."""
     from .runtime.evaluate import evaluate_artifact, is_artifact
     from .tasks.report import format_report
 
     if is_artifact(model):
-        report = evaluate_artifact(model, data, long=long.value)
+        report = evaluate_artifact(model, data, long=long.value, backend=backend.value)
     else:
         from .train.evaluate import evaluate_dir
 

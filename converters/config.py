@@ -15,6 +15,7 @@ from bertrt.errors import ExportError
 
 ARTIFACT_TASKS = tuple(TASK_OUTPUTS)  # classify, ner, qa, embed
 QUANT_MODES = ("none", "dynamic", "static")
+OPENVINO_MODES = ("off", "auto", "on")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Ops kept in fp32 by --fp16: normalisations and reductions lose too much in half precision.
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax",
@@ -141,6 +142,19 @@ class QuantizeConfig(_Config):
 
 
 @dataclass
+class OpenVINOConfig(_Config):
+    """The artifact's OpenVINO IR variant (NNCF INT8 when the export quantizes, else fp32), gated like the ONNX one:
+    "on" builds it (an error without openvino and nncf), "auto" builds it when they are installed, "off" never.
+    The CLI's default is "auto"; the library's is "off", so that an export costs no second variant unless asked."""
+
+    mode: str = "off"
+
+    def __post_init__(self):
+        _check(self.mode in OPENVINO_MODES, f"--openvino must be one of {', '.join(OPENVINO_MODES)}, not "
+               f"{self.mode!r}")
+
+
+@dataclass
 class ParityConfig(_Config):
     """The gates. Tolerances belong to the precision: fp32 is compared elementwise, INT8 and fp16 by SNR."""
 
@@ -149,7 +163,9 @@ class ParityConfig(_Config):
     fp32_atol: float = 1e-4  # max abs error of fp32 outputs vs PyTorch
     int8_min_snr_db: float = 20.0  # output signal-to-noise floor for INT8 (torchao's floor)
     fp16_min_snr_db: float = 30.0
-    min_agreement: float = 0.99  # decision agreement floor for INT8 / fp16 (fp32 must agree everywhere)
+    # INT8 / fp16: at most 1 - min_agreement of the decisions may flip beyond the precision's noise, judged by a
+    # one-sided 95% bound (bertrt.tasks.agreement); fp32 must agree everywhere
+    min_agreement: float = 0.99
     min_cosine_fp32: float = 0.9999  # embed: cosine to PyTorch, per text
     min_cosine_quantized: float = 0.99
     max_samples: int = 512  # texts read from the eval data

@@ -14,7 +14,8 @@ import numpy as np
 from bertrt.artifact import TASK_OUTPUTS
 from bertrt.errors import ExportError
 from bertrt.tasks import metrics as M
-from bertrt.tasks.decode import decisions, ner_tags
+from bertrt.tasks.agreement import decision_scores, describe, flip_statistics, margin_and_move
+from bertrt.tasks.decode import decisions, decode, ner_tags
 from bertrt.tasks.predict import decode_batches, outputs_by_input
 
 from .config import ParityConfig
@@ -120,12 +121,14 @@ def answers(task: str, outs: list[dict], batches: list[Batch]) -> tuple[list[int
     return kept, [got[i] for i in kept]
 
 
-def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch], tie: float = 1e-4) -> float:
-    """Fraction of decisions the variant shares with the reference: labels, words' tags, answer spans.
+def decision_units(task: str, ref: list[dict], out: list[dict], batches: list[Batch],
+                   tie: float = 1e-4) -> tuple[list[bool], list[float] | None, list[float] | None]:
+    """Per decision unit: (whether the variant decided otherwise, the reference's margin, the variant's movement of
+    it); see ``bertrt.tasks.agreement``. Units: labels, whether each label applies, words' tags, answer spans.
 
     embed: each text's nearest neighbour among the others. The variant agrees when the neighbour it picks is, by the
     reference's own similarities, the best one or within ``tie`` of it: neighbours closer than the cosine error the
-    precision is allowed (1 - its cosine floor) are a tie, not a different decision."""
+    precision is allowed (1 - its cosine floor) are a tie, not a different decision (margins None: settled here)."""
     if task == "embed":
         def sims(outs):
             e = np.concatenate([o["embedding"] for o in outs])
@@ -136,21 +139,32 @@ def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch],
         s_ref, s_out = sims(ref), sims(out)
         rows = np.arange(len(s_ref))
         picked = s_ref[rows, s_out.argmax(1)]
-        return float(np.mean(picked >= s_ref.max(1) - tie))
-    if task == "ner":  # each word's own tag (an entity's boundary words would count a changed tag twice)
-        data = batches[0].data
-        labels = _labels(data, ref)
-        parts = [(b.rows, b.feeds) for b in batches]
-        pairs = [(ner_tags(r, e, labels)[0], ner_tags(v, e, labels)[0]) for r, v, e in
-                 zip(outputs_by_input(task, data.encs, parts, ref), outputs_by_input(task, data.encs, parts, out),
-                     data.encs) if r is not None]
-    else:
-        kept, a_ref = answers(task, ref, batches)
-        _, a_out = answers(task, out, batches)
-        encs = batches[0].data.encs
-        pairs = [(decisions(task, r, encs[i]), decisions(task, v, encs[i])) for i, r, v in zip(kept, a_ref, a_out)]
-    agree = sum(x == y for dr, dv in pairs for x, y in zip(dr, dv))
-    return agree / max(sum(len(dr) for dr, _ in pairs), 1)
+        return [bool(x) for x in picked < s_ref.max(1) - tie], None, None
+    data = batches[0].data
+    labels, parts = _labels(data, ref), [(b.rows, b.feeds) for b in batches]
+    by_ref, by_out = outputs_by_input(task, data.encs, parts, ref), outputs_by_input(task, data.encs, parts, out)
+    flips, margins, moves = [], [], []
+    for i, (r, v) in enumerate(zip(by_ref, by_out)):
+        if r is None:
+            continue
+        enc = data.encs[i]
+        if task == "ner":  # each word's own tag (an entity's boundary words would count a changed tag twice)
+            d_ref, d_out = ner_tags(r, enc, labels)[0], ner_tags(v, enc, labels)[0]
+        else:
+            d_ref = decisions(task, decode(task, r, enc, labels, data.options), enc)
+            d_out = decisions(task, decode(task, v, enc, labels, data.options), enc)
+        flips += [x != y for x, y in zip(d_ref, d_out)]
+        for a, b in zip(decision_scores(task, r, enc, data.options), decision_scores(task, v, enc, data.options)):
+            m, moved = margin_and_move(a, b)
+            margins.append(m)
+            moves.append(moved)
+    return flips, margins, moves
+
+
+def agreement(task: str, ref: list[dict], out: list[dict], batches: list[Batch], tie: float = 1e-4) -> float:
+    """Fraction of decisions the variant shares with the reference (``decision_units``)."""
+    flips = decision_units(task, ref, out, batches, tie)[0]
+    return 1.0 - sum(flips) / max(len(flips), 1)
 
 
 def task_metric(task: str, outs: list[dict], batches: list[Batch]) -> float | None:
@@ -169,7 +183,9 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
     """Measure ``out`` against ``ref`` and apply the gates of ``precision``; the report says what passed and why."""
     tensors = tensor_stats(task, ref, out, batches)
     exact = precision == "fp32"
-    agree = agreement(task, ref, out, batches, tie=1.0 - (cfg.min_cosine_fp32 if exact else cfg.min_cosine_quantized))
+    flips, margins, moves = decision_units(task, ref, out, batches,
+                                           tie=1.0 - (cfg.min_cosine_fp32 if exact else cfg.min_cosine_quantized))
+    agree = 1.0 - sum(flips) / max(len(flips), 1)
     gates = {}
     if exact:
         worst = max(s["max_abs"] for s in tensors.values())
@@ -182,22 +198,42 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
         floor = cfg.min_cosine_fp32 if exact else cfg.min_cosine_quantized
         cmin = tensors["embedding"]["cosine_min"]
         gates["cosine"] = {"passed": bool(cmin >= floor), "value": cmin, "rule": f"min cosine >= {floor:g}"}
-    need = 1.0 if exact else cfg.min_agreement
-    gates["decision"] = {"passed": bool(agree >= need), "value": agree, "rule": f"agreement >= {need:.2%}"}
+    if exact:  # fp32 is the same computation: every decision must agree
+        gates["decision"] = {"passed": bool(agree >= 1.0), "value": agree, "rule": "agreement >= 100.00%"}
+    else:  # only flips beyond the precision's noise count, judged by a bound the sample size allows
+        stats = flip_statistics(flips, margins, moves, allowed=1.0 - cfg.min_agreement)
+        gates["decision"] = {"passed": stats["verdict"] != "fail", "value": stats["upper"],
+                             "rule": f"confident-flip rate <= {1 - cfg.min_agreement:.2%} (95% upper bound)",
+                             "verdict": stats["verdict"], "detail": describe(stats), "statistics": stats}
     metric = task_metric(task, out, batches)
     if ref_metric is None:
         ref_metric = task_metric(task, ref, batches)
     if metric is None:
         gates["task"] = {"passed": True, "value": None,
-                         "rule": "not measured: no labelled --eval data (decision agreement stands in)"}
+                         "rule": "not measured: no labelled --eval data"}
     else:
         drop = 100 * (ref_metric - metric)  # points, as --max-drop is given
         gates["task"] = {"passed": bool(drop <= cfg.max_drop), "value": round(drop, 4), "reference": ref_metric,
                          "variant": metric, "metric": METRIC_NAMES[task],
                          "rule": f"{METRIC_NAMES[task]} drop <= {cfg.max_drop:g} points"}
     return {"precision": precision, "device": cfg.device, "examples": sum(len(b.feeds["input_ids"]) for b in batches),
-            "tensors": tensors, "agreement": agree, "gates": gates,
+            "tensors": tensors, "agreement": agree, "gates": gates, "decided_by": decided_by(gates, exact),
             "passed": bool(all(g["passed"] for g in gates.values()))}
+
+
+def decided_by(gates: dict, exact: bool) -> str:
+    """Which gate settled the verdict, as the export summary says it: the task metric on labelled data when there
+    is one; else the decision statistic when it could decide; else the tensor gate, with the way to a real verdict."""
+    if any(not g["passed"] for g in gates.values()):
+        return "refused by " + ", ".join(k for k, g in gates.items() if not g["passed"])
+    if gates["task"]["value"] is not None:
+        return f"the task metric ({gates['task']['metric']}) on the labelled --eval data"
+    if exact:
+        return "tensor parity with PyTorch fp32 and full decision agreement"
+    if gates["decision"].get("verdict") == "undecided":
+        return ("the tensor gate (too few decisions to decide on flips; --eval with labelled data gates on the "
+                "task metric)")
+    return "the decision statistic and the tensor gate"
 
 
 def format_gates(report: dict, failed_only: bool = False, rules: str | None = None, sep: str = ", ") -> str:
@@ -209,6 +245,8 @@ def format_gates(report: dict, failed_only: bool = False, rules: str | None = No
             continue
         v = g["value"]
         shown = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        if g.get("verdict") == "undecided":
+            shown += " undecided"
         rule = "" if rules is None else f" ({'needs ' if rules == 'needs' else ''}{g['rule']})"
         parts.append(f"{name} {shown}{rule}")
     return sep.join(parts)

@@ -18,7 +18,7 @@ from bertrt.checkpoint import finetune_record
 from bertrt.tasks.predict import decode_options
 from bertrt.errors import ArtifactError, ExportError, ParityError
 
-from .config import ExportConfig, OptimizeConfig, ParityConfig, QuantizeConfig
+from .config import ExportConfig, OpenVINOConfig, OptimizeConfig, ParityConfig, QuantizeConfig
 from .evaldata import encode, read_examples
 
 
@@ -85,7 +85,7 @@ def _batches(path, model, tokenizer, max_length, pcfg: ParityConfig, max_samples
 def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, export: ExportConfig | None = None,
                     optimize: OptimizeConfig | None = None, quantize: QuantizeConfig | None = None,
                     parity: ParityConfig | None = None, calib_path: str | None = None, force: bool = False,
-                    log=_stderr, progress: bool = True) -> dict:
+                    log=_stderr, progress: bool = True, openvino: OpenVINOConfig | None = None) -> dict:
     """Build a verified artifact at ``output`` from ``checkpoint``; return its manifest.
 
     Raises a ``BertrtError`` subclass (nothing written) on bad input, a failed gate (``ParityError``, with the
@@ -97,6 +97,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
     if optimize.fp16 and quantize.mode != "none":
         raise ExportError("--fp16 and --quantize are alternatives (fp16 is for CUDA, INT8 for CPU); pick one")
     check_writable(output, force)  # before any expensive work, even the imports
+    with_openvino = _wants_openvino(openvino or OpenVINOConfig(), optimize, parity, log)
 
     import onnx
     import onnxruntime
@@ -179,6 +180,13 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
         if precision == "fp32" and parity.device != "cpu":
             gate_reports["final"] = evaluate(current, "fp32")
         log(f"gates passed: {format_gates(final_report)}")
+        log(f"decided by {final_report['decided_by']}")
+        backends, extra_files = None, {}
+        if with_openvino:
+            from .openvino_variant import add_variant
+
+            backends, extra_files = add_variant(work, current, precision, task, ref, batches, parity,
+                                                calib or [b.feeds for b in batches], log)
 
         tok_dir = work / "tokenizer"
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
@@ -202,11 +210,28 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__, "bertrt": _bertrt_version()},
             "tokenizer_fingerprint": tok_fp,
+            **({"backends": backends} if backends else {}),
         }
-        write_artifact(output, {"model.onnx": current, "tokenizer.json": tok_dir / "tokenizer.json"}, manifest,
-                       force=force)
+        write_artifact(output, {"model.onnx": current, "tokenizer.json": tok_dir / "tokenizer.json", **extra_files},
+                       manifest, force=force)
     log(f"wrote {output} ({precision})")
     return load_manifest(output)
+
+
+def _wants_openvino(cfg: OpenVINOConfig, optimize: OptimizeConfig, parity: ParityConfig, log) -> bool:
+    """Whether this export builds the OpenVINO variant (a CPU variant: not beside fp16 or gates on cuda)."""
+    from .openvino_variant import available
+
+    if cfg.mode == "off":
+        return False
+    cpu = not optimize.fp16 and parity.device == "cpu"
+    if cfg.mode == "on" and not cpu:
+        raise ExportError("--openvino on builds a CPU variant: not with --fp16 or --device cuda")
+    if cfg.mode == "on" and not available():
+        raise ExportError("--openvino on needs openvino and nncf: pip install 'bertrt[openvino]' (or --openvino off)")
+    if cfg.mode == "auto" and cpu and not available():
+        log("no OpenVINO variant: openvino and nncf are not installed (pip install 'bertrt[openvino]')")
+    return cpu and available()
 
 
 def _pruning_summary(checkpoint: Path, mcfg) -> dict:

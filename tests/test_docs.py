@@ -37,7 +37,7 @@ def test_every_python_example_of_the_api_page_runs(artifacts_here):
         with contextlib.redirect_stdout(out):
             exec(compile(code, f"{API.name} block {i + 1}", "exec"), {"__name__": f"docs_block_{i + 1}"})
         if i == 0:  # the one example that shows printed output in a comment
-            assert out.getvalue() == "Runtime('artifacts/news', task='classify', device='cpu')\n"
+            assert out.getvalue() == "Runtime('artifacts/news', task='classify', device='cpu', backend='onnxruntime')\n"
 
 
 def test_an_example_that_breaks_fails_the_test(artifacts_here):

@@ -85,7 +85,10 @@ def test_artifact_summary_shows_exact_counts_labels_sizes_and_gates(pruned_int8)
     final = m["parity"]["final"]
     gate_lines = {line.split()[0]: line for line in lines if line.startswith("  ")}
     decision, tensor = final["gates"]["decision"]["value"], final["gates"]["tensor"]["value"]
-    assert gate_lines["decision"] == f"  decision    {decision:<10.4g} passed  agreement >= 50.00%"
+    assert final["gates"]["decision"]["verdict"] == "pass"  # the 95% upper bound of confident flips is under 50%
+    assert gate_lines["decision"] == (f"  decision    {decision:<10.4g} passed  confident-flip rate <= 50.00% "
+                                      "(95% upper bound)")
+    assert gate_lines["decided"] == "  decided by the decision statistic and the tensor gate"
     assert gate_lines["tensor"] == f"  tensor      {tensor:<10.4g} passed  SNR >= 0 dB"
     assert gate_lines["task"].split()[1:3] == ["-", "passed"]
     assert by_key["gates"] == f"passed: int8-dynamic against the PyTorch fp32 model on {final['examples']} " \

@@ -1,7 +1,12 @@
 """The peers a user would pick instead of bertrt, loaded from the reference checkpoint with transformers:
 PyTorch eager fp32, bf16 autocast, dynamic INT8 (``torch.ao.quantization.quantize_dynamic`` on Linear), and ONNX
 Runtime on a plain export (``torch.onnx.export(dynamo=False)``, no fusion) in fp32 and in ORT's default dynamic
-INT8 as Optimum's ``AutoQuantizationConfig.avx512_vnni(is_static=False)`` applies it.
+INT8 as Optimum's ``AutoQuantizationConfig.avx512_vnni(is_static=False)`` applies it; and OpenVINO on the same
+plain export (``openvino.convert_model``) in fp32 and NNCF post-training INT8 (``nncf.quantize`` with the
+transformer preset, calibrated on up to ``OV_CALIB_TEXTS`` of the bench's own texts: a user would calibrate on
+training data, so this favours the peer), compiled as a user gets it (OpenVINO's default inference precision, which
+is bf16 on CPUs that have it) with the bench's threads and one stream. The OpenVINO peers run when openvino and
+nncf are installed (the ``bench`` extra).
 
 Every peer tokenizes with transformers' fast tokenizer inside the timed region and runs the batches bertrt's
 runtime would (same length bucketing, same padding multiple), with the same thread count.
@@ -15,12 +20,22 @@ from pathlib import Path
 
 from ..tasks.encode import pad_rows, padded_length, plan_batches
 
-PEERS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8")
+PEERS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8")
 NAMES = {"torch-fp32": "PyTorch eager fp32", "torch-bf16": "PyTorch bf16 autocast",
          "torch-int8": "PyTorch dynamic INT8", "ort-fp32": "ONNX Runtime plain export fp32",
-         "ort-int8": "ONNX Runtime dynamic INT8 (Optimum recipe)"}
+         "ort-int8": "ONNX Runtime dynamic INT8 (Optimum recipe)", "ov-fp32": "OpenVINO plain export",
+         "ov-int8": "OpenVINO NNCF INT8"}
 PRECISION = {"torch-fp32": "fp32", "torch-bf16": "bf16", "torch-int8": "int8-dynamic", "ort-fp32": "fp32",
-             "ort-int8": "int8-dynamic"}
+             "ort-int8": "int8-dynamic", "ov-fp32": "fp32 (default hint)", "ov-int8": "int8-nncf"}
+OV_CALIB_TEXTS = 300  # NNCF's default subset size
+
+
+def installed_peers() -> tuple[str, ...]:
+    """The peers this environment can run: the OpenVINO ones need openvino and nncf."""
+    import importlib.util
+
+    ov = all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
+    return tuple(p for p in PEERS if ov or not p.startswith("ov-"))
 
 
 class _Peer:
@@ -156,8 +171,58 @@ def plain_export(checkpoint: Path, work: Path) -> tuple[Path, Path]:
     return fp32, int8
 
 
-def make_peer(key: str, checkpoint: str | Path, max_length: int, threads: int, work: Path):
+class OpenVINOPeer(_Peer):
+    def __init__(self, key: str, checkpoint: Path, max_length: int, threads: int, work: Path, texts: list):
+        import openvino as ov
+        from transformers import AutoConfig
+
+        super().__init__(key, checkpoint, max_length)
+        xml = openvino_export(self, checkpoint, work, key == "ov-int8", texts)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU",
+                                           {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                            "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.names = [p.get_any_name() for p in self.compiled.inputs]
+        self.size_mb = round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2 ** 20, 2)
+        cfg = AutoConfig.from_pretrained(str(checkpoint))
+        self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
+
+    def _logits(self, feeds):
+        res = self.request.infer({n: feeds[n] for n in self.names})
+        return res[self.compiled.outputs[0]]
+
+
+def openvino_export(peer: _Peer, checkpoint: Path, work: Path, int8: bool, texts: list) -> Path:
+    """The plain export converted to OpenVINO IR, and its NNCF INT8 (calibrated on the first ``OV_CALIB_TEXTS``
+    texts, batches of 8 as the peer runs them). Built once per work folder."""
+    import contextlib
+    import logging
+    import sys
+
+    import openvino as ov
+
+    xml = work / ("plain-nncf.xml" if int8 else "plain-ov.xml")
+    if xml.is_file():
+        return xml
+    model = ov.convert_model(str(plain_export(checkpoint, work)[0]))
+    if int8:
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        feeds = [f for _, f in peer._batches(texts[:OV_CALIB_TEXTS], 8)]
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars
+            model = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(feeds))
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def make_peer(key: str, checkpoint: str | Path, max_length: int, threads: int, work: Path, texts: list = ()):
+    """A loaded peer; ``texts``: the workload (the NNCF peer calibrates on its first texts)."""
     checkpoint = Path(checkpoint)
     if key.startswith("torch"):
         return TorchPeer(key, checkpoint, max_length, threads)
+    if key.startswith("ov"):
+        return OpenVINOPeer(key, checkpoint, max_length, threads, work, list(texts))
     return OrtPeer(key, checkpoint, max_length, threads, work)

@@ -47,6 +47,7 @@ class BenchConfig:
     progress: bool = True
     isolate: bool = True  # each variant in its own process
     long: str = "truncate"  # classify / embed inputs past the max length: "truncate" or "chunks" (as Runtime)
+    backend: str = "auto"  # the artifacts' inference engine (as Runtime)
 
     def __post_init__(self):
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -56,11 +57,16 @@ class BenchConfig:
             raise BertrtError("--repeats and --latency-n must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise BertrtError(f"--threads must be >= 1, got {self.threads}")
-        from .peers import PEERS
+        from .peers import PEERS, installed_peers
 
         unknown = [p for p in self.peers or [] if p not in PEERS]
         if unknown:
             raise BertrtError(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
+        missing = [p for p in self.peers or [] if p not in installed_peers()]
+        if missing:
+            raise BertrtError(f"peers {missing} need openvino and nncf: pip install the bench extra")
+        if self.backend not in ("auto", "onnxruntime", "openvino"):
+            raise BertrtError(f"unknown backend {self.backend!r}; choose auto, onnxruntime or openvino")
 
 
 def _reference_for(manifest: dict, reference: str | None, where: Path) -> Path:
@@ -149,7 +155,7 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
         for path, manifest in manifests.items():
             ref_ckpt = _reference_for(manifest, reference, path)
             ref, encs = refs.get(ref_ckpt, manifest | {"long": cfg.long}, w)
-            p = ArtifactPredictor(path, threads, long=cfg.long)
+            p = ArtifactPredictor(path, threads, long=cfg.long, backend=cfg.backend)
             result = G.check(p.predict(w.texts, cfg.batch_sizes[-1]), ref, w,
                              G.Gate.for_manifest(manifest, cfg.min_agreement, cfg.max_drop), encs)
             del p
@@ -183,7 +189,7 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
                 job |= {"workload": {"name": w.name, "task": w.task, "texts": w.texts, "gold": w.gold},
                         "reference": reference,
                         "max_length": max_length, "threads": threads, "work": tmp, "batch_sizes": cfg.batch_sizes,
-                        "latency_n": cfg.latency_n, "long": cfg.long}
+                        "latency_n": cfg.latency_n, "long": cfg.long, "backend": cfg.backend}
             for job, row in zip(jobs, _time_interleaved(jobs, cfg, Path(tmp), w.name)):
                 rows.append(base_row(w, row.pop("name"), job["kind"], row.pop("precision"),
                                      job["what"] if job["kind"] == "bertrt" else None) | row)
@@ -196,7 +202,7 @@ def run_bench(artifacts: list, data: list, out: Path, cfg: BenchConfig, referenc
            "settings": {"batch_sizes": cfg.batch_sizes, "repeats": cfg.repeats, "latency_n": cfg.latency_n,
                         "reference": str(reference) if reference else None, "peers": peers,
                         "min_agreement": cfg.min_agreement, "max_drop": cfg.max_drop, "isolate": cfg.isolate,
-                        "long": cfg.long},
+                        "long": cfg.long, "backend": cfg.backend},
            "workloads": [{"name": w.name, "path": str(d), "examples": len(w.texts), "max_length": max_length}
                          for w, d in zip(workloads, data)],
            "rows": rows}
@@ -287,12 +293,13 @@ class _Timer:
         if job["kind"] == "bertrt":
             from .variants import ArtifactPredictor
 
-            factory = lambda: ArtifactPredictor(job["what"], job["threads"], long=job["long"])  # noqa: E731
+            factory = lambda: ArtifactPredictor(job["what"], job["threads"], long=job["long"],  # noqa: E731
+                                                backend=job["backend"])
         else:
             from .peers import NAMES, PRECISION, make_peer
 
             factory = lambda: make_peer(job["what"], job["reference"], job["max_length"], job["threads"],  # noqa
-                                        Path(job["work"]))
+                                        Path(job["work"]), w.texts)
         # Memory is sampled (a thread reading /proc every 5 ms) while loading and over one untimed pass at the
         # largest batch, never during timing: on a 2-core machine the sampler's wake-ups cost a 2-thread ONNX
         # Runtime batch-1 call over a millisecond (measured: 6.9 ms p50 sampled vs 5.4 ms not, same artifact).
@@ -404,9 +411,9 @@ def _chars(item) -> int:
 
 
 def _peer_keys():
-    from .peers import PEERS
+    from .peers import installed_peers
 
-    return PEERS
+    return installed_peers()
 
 
 def _bar(total: int, enabled: bool):

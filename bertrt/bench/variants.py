@@ -20,16 +20,22 @@ def describe_artifact(manifest: dict) -> str:
 class ArtifactPredictor:
     kind = "bertrt"
 
-    def __init__(self, path: str | Path, threads: int, name: str | None = None, long: str = "truncate"):
+    def __init__(self, path: str | Path, threads: int, name: str | None = None, long: str = "truncate",
+                 backend: str = "auto"):
         from ..runtime import Runtime
+        from ..runtime.backends import OPENVINO_FILES
 
         self.path = Path(path)
-        self.rt = Runtime(self.path, device="cpu", threads=threads, long=long)
+        self.rt = Runtime(self.path, device="cpu", threads=threads, long=long, backend=backend)
         self.manifest = self.rt.manifest
-        self.name = name or f"bertrt {describe_artifact(self.manifest)} ({self.path.name})"
+        engine = "" if self.rt.backend == "onnxruntime" else f", {self.rt.backend}"
+        self.name = name or f"bertrt {describe_artifact(self.manifest)} ({self.path.name}{engine})"
         self.precision = self.manifest.get("precision", "fp32")
+        files = ["model.onnx"]
+        if self.rt.backend == "openvino":
+            self.precision, files = self.manifest["backends"]["openvino"]["precision"], list(OPENVINO_FILES)
         self.max_length = self.rt.max_length
-        self.size_mb = round(sum(f.stat().st_size for f in self.path.iterdir() if f.is_file()) / 2 ** 20, 2)
+        self.size_mb = round(sum((self.path / f).stat().st_size for f in files + ["tokenizer.json"]) / 2 ** 20, 2)
 
     def tokenize(self, texts: list[str]):
         return self.rt.encode(texts)

@@ -14,12 +14,13 @@ from ..data import tasks as T
 from ..tasks import metrics as M
 
 
-def evaluate_artifact(path, data, device: str = "auto", progress: bool = True, long: str = "truncate") -> dict:
+def evaluate_artifact(path, data, device: str = "auto", progress: bool = True, long: str = "truncate",
+                      backend: str = "auto") -> dict:
     from tqdm.auto import tqdm
 
     from .runtime import Runtime
 
-    rt = Runtime(path, device=device, long=long)
+    rt = Runtime(path, device=device, long=long, backend=backend)
     task, labels = rt.task, rt.labels
     if task not in T.TASK_FORMATS:
         from ..errors import ArtifactError

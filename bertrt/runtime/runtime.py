@@ -13,8 +13,8 @@ from ..errors import ArtifactError, InputError
 from ..tasks.encode import Encoded, TextEncoder
 from ..tasks import LABELLED_TASKS
 from ..tasks.predict import decode_options, predict
+from .backends import choose_backend, open_session
 from .encode import parse_input
-from .session import Session
 
 
 class Runtime:
@@ -30,14 +30,20 @@ class Runtime:
     windows (the stride fine-tuning used, recorded in the manifest) and answered over all of them. classify and
     embed inputs are truncated and say so (``"truncated": true``), unless ``long="chunks"``: then a long single text
     is windowed too and the windows' probabilities (or vectors) are averaged.
+
+    ``backend``: "onnxruntime", "openvino" (CPU; an artifact exported with an OpenVINO variant, and the ``openvino``
+    package) or "auto": the fastest installed backend whose variant passed its gates, by the times the export
+    measured (``bertrt.runtime.backends``). ``self.backend`` says which one runs.
     """
 
     def __init__(self, artifact, device: str = "auto", threads: int | None = None, max_batch_tokens: int = 16384,
-                 max_batch_size: int = 64, verify: bool = True, long: str = "truncate", trusted_keys=None):
+                 max_batch_size: int = 64, verify: bool = True, long: str = "truncate", trusted_keys=None,
+                 backend: str = "auto"):
         path = Path(artifact)
         manifest = load_manifest(path, verify=verify, trusted_keys=trusted_keys)
         encoder = encoder_for(manifest, path / "tokenizer.json", long)
-        session = Session(path / "model.onnx", device=device, threads=threads)
+        self.backend = choose_backend(manifest, backend, device)
+        session = open_session(path, manifest, self.backend, device, threads)
         self._setup(manifest, encoder, session, max_batch_tokens, max_batch_size, str(path))
 
     @classmethod
@@ -46,6 +52,7 @@ class Runtime:
         """Assemble a runtime from a manifest, an encoder and any object with ``run(feeds) -> outputs``,
         ``input_names`` and ``device`` (tests use a fake session to check batching without ONNX Runtime)."""
         rt = cls.__new__(cls)
+        rt.backend = getattr(session, "backend", "onnxruntime")
         rt._setup(manifest, encoder, session, max_batch_tokens, max_batch_size, "<parts>")
         return rt
 
@@ -100,7 +107,7 @@ class Runtime:
         return self.encoder.long
 
     def __repr__(self) -> str:
-        return f"Runtime({self.path!r}, task={self.task!r}, device={self.device!r})"
+        return f"Runtime({self.path!r}, task={self.task!r}, device={self.device!r}, backend={self.backend!r})"
 
 
 def encoder_for(manifest: dict, tokenizer, long: str = "truncate") -> TextEncoder:

@@ -82,6 +82,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_queue: int = 1024
     long: str = "truncate"  # classify/embed inputs past the max length: "truncate" (flagged) or "chunks" (pooled)
+    backend: str = "auto"  # inference engine (Runtime's backend): auto, onnxruntime or openvino
     max_concurrent_requests: int = 256  # admission budget per worker
     timeout: float = 60.0  # seconds from admission to answer (504 past it)
     liveness_timeout: float = 30.0  # /healthz fails when the batcher has not beaten for this long
@@ -143,7 +144,7 @@ def create_app(config: ServeConfig, runtime=None) -> Starlette:
 
         runtime = Runtime(config.artifact, device=config.device, threads=config.threads,
                           max_batch_tokens=max(config.max_batch_tokens, 1), long=config.long,
-                          trusted_keys=config.trusted_keys or None)
+                          trusted_keys=config.trusted_keys or None, backend=config.backend)
     digest = artifact_sha256(runtime)
     metrics = Metrics(runtime.device, runtime.task, __version__, digest, workers=config.workers)
     state = {"ready": False, "batcher": None, "admitted": 0}
