@@ -103,7 +103,7 @@ def test_bench_json_follows_the_schema_and_holds_consistent_numbers(setup, timed
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] == 6
         assert set(r["throughput"]) == {"1", "4"} and all(t["seq_per_s"] > 0 for t in r["throughput"].values())
-        assert r["tokenize_ms"]["p50"] > 0  # measured apart from the latency: comparing the two is a race on a busy machine
+        assert r["tokenize_ms"]["p50"] > 0  # timed apart from the latency: comparing them races on a busy box
         assert r["size_mb"] > 0 and r["threads"] >= 1 and r["max_length"] == 128 and r["examples"] == 70
         assert r["cpu"] and r["versions"]["onnxruntime"] and r["versions"]["torch"]
     assert peer["variant"].startswith("ONNX Runtime plain export fp32") and peer["agreement"] == 1.0
