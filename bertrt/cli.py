@@ -844,7 +844,9 @@ def finetune_command(
                                        "once with --seed). More remembers better and trains longer."),
     replay_repeat: int = typer.Option(1, help="Times the rehearsal memory appears in every epoch. Raise it when the "
                                       "new data far outnumbers the memory and old classes get under-predicted: it "
-                                      "rebalances them without keeping more old data."),
+                                      "rebalances them without keeping more old data (BBC: 10 for a 10% memory, "
+                                      "with half the previous run's --lr, stayed within 0.4 points of joint "
+                                      "training)."),
     anchor: Anchor = typer.Option(Anchor.none, "--anchor", help="Keep the weights near the --from model: l2sp (plain "
                                   "distance) or ewc (weighted by how much each weight mattered on the old data, "
                                   "from --replay or --fisher-data)."),
