@@ -165,3 +165,36 @@ def test_decision_scores_decide_exactly_as_decode(task):
             assert moved == 0.0 and (m >= 0.0 or math.isinf(m))
             units += 1
     assert units >= len(encs) >= 30
+
+
+def test_the_bench_gate_applies_the_same_statistic_to_answers():
+    """bertrt bench on a quantized artifact: margins come from the probabilities the answers keep."""
+    from bertrt.bench import gate as G
+
+    rng = np.random.default_rng(5)
+
+    def answer(p):
+        return {"label": LABELS[int(np.argmax(p))], "scores": dict(zip(LABELS, map(float, p)))}
+
+    n = 400
+    logits = np.stack([np.zeros(n), -rng.uniform(1, 5, n), np.full(n, -5.0)], 1)
+    ties = list(range(0, n, 50))
+    logits[ties, 1] = -0.02
+    out = logits + rng.normal(0, 0.05, logits.shape)
+    out[ties] = [0.0, 0.03, -5.0]  # 8 near-tie flips: 98% agreement
+    softmax = lambda x: np.exp(x) / np.exp(x).sum()  # noqa: E731
+    reference = [answer(softmax(x)) for x in logits]
+    w = G.Workload("w", "classify", ["t"] * n, [a["label"] for a in reference])
+    gate = G.Gate.for_manifest({"precision": "int8-dynamic", "parity": {"config": {"min_agreement": 0.99}}},
+                               max_drop=100.0)  # gold = the reference: this case is about decisions alone
+    near = G.check([answer(softmax(x)) for x in out], reference, w, gate)
+    assert near["agreement"] == 0.98 and near["gate"]["passed"]
+    assert near["gate"]["decision"]["near_tie_flips"] == 8 and near["gate"]["decision"]["verdict"] == "pass"
+    out[[i for i in range(3, n, 33) if i not in ties]] = [0.0, 0.5, -5.0]  # 12 confident flips on top
+    far = G.check([answer(softmax(x)) for x in out], reference, w, gate)
+    assert not far["gate"]["passed"] and far["gate"]["decision"]["confident_flips"] == 12
+    assert far["gate"]["problems"][0].startswith("decisions: 12 confident flip(s) of 400 decisions (8 more on near")
+    # fp32 stays exact: one near-tie flip refuses it
+    fp32 = G.check([answer(softmax(x)) for x in out], reference, w,
+                   G.Gate.for_manifest({"precision": "fp32"}, max_drop=100.0))
+    assert not fp32["gate"]["passed"] and "agreement" in fp32["gate"]["problems"][0]

@@ -6,7 +6,9 @@ accuracy (classify), micro F1 (multilabel), entity F1 (ner), SQuAD F1 (qa); embe
 A variant's gate depends on what it is:
 
 - fp32, unpruned: every decision must agree with the reference (agreement 100%; embed: every cosine >= 0.9999);
-- quantized or fp16: agreement at least ``min_agreement`` (the artifact's own parity setting, 99% by default);
+- quantized or fp16: the export's decision statistic (``bertrt.tasks.agreement``): flips beyond the precision's
+  measured noise at most ``1 - min_agreement`` (the artifact's own parity setting, 1% by default) by a one-sided 95%
+  bound; refused only when even the lower bound exceeds it (ner and qa answers keep no margins: every flip counts);
 - pruned: a smaller model, so no agreement floor; its metric must hold instead;
 
 and for all: the metric at most ``max_drop`` points below the reference's (the artifact's setting, 0.5 by default).
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..tasks.agreement import answer_scores, describe, flip_statistics, margin_and_move
 
 METRICS = {"classify": "accuracy", "multilabel": "micro F1", "relation": "relation F1", "ner": "entity F1",
            "qa": "SQuAD F1", "embed": "cosine"}
@@ -105,6 +108,7 @@ class Gate:
     min_agreement: float | None  # fraction in (0, 1]; None: no agreement floor (pruned models)
     max_drop: float  # metric points below the reference
     min_cosine: float = 0.9999  # embed: the cosine to the reference a vector must reach to count as agreeing
+    options: dict | None = None  # the artifact's decoding settings (multilabel thresholds), for decision margins
 
     @classmethod
     def for_manifest(cls, manifest: dict, min_agreement: float | None = None,
@@ -113,12 +117,13 @@ class Gate:
         drop = max_drop if max_drop is not None else float(stored.get("max_drop", 0.5))
         exact = manifest.get("precision") == "fp32" and not manifest.get("pruning")
         cosine = float(stored.get("min_cosine_fp32" if exact else "min_cosine_quantized", 0.9999 if exact else 0.99))
+        options = {"thresholds": manifest.get("thresholds")}
         if manifest.get("pruning"):
-            return cls(None, drop, cosine)
+            return cls(None, drop, cosine, options)
         if manifest.get("precision") == "fp32":
-            return cls(1.0, drop, cosine)
+            return cls(1.0, drop, cosine, options)
         return cls(min_agreement if min_agreement is not None else float(stored.get("min_agreement", 0.99)), drop,
-                   cosine)
+                   cosine, options)
 
 
 def score(w: Workload, answers: list[dict], encs=None, labels: list[str] | None = None) -> float:
@@ -136,6 +141,17 @@ def _cosines(answers: list[dict], reference: list[dict]) -> np.ndarray:
     a = np.array([x["embedding"] for x in answers], dtype=np.float64)
     r = np.array([x["embedding"] for x in reference], dtype=np.float64)
     return np.sum(a * r, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1) + 1e-12)
+
+
+def _flip_statistics(answers: list[dict], reference: list[dict], task: str, agree: list[bool], gate: Gate) -> dict:
+    """The export's decision statistic on the bench's answers: margins from the scores the answers keep."""
+    ref_scores = [answer_scores(task, r, gate.options) for r in reference]
+    margins = moves = None
+    if all(s is not None for s in ref_scores):
+        pairs = [margin_and_move(x, y) for rs, a in zip(ref_scores, answers)
+                 for x, y in zip(rs, answer_scores(task, a, gate.options))]
+        margins, moves = [m for m, _ in pairs], [d for _, d in pairs]
+    return flip_statistics([not x for x in agree], margins, moves, allowed=1.0 - gate.min_agreement)
 
 
 def check(answers: list[dict], reference: list[dict], w: Workload, gate: Gate | None, encs=None) -> dict:
@@ -158,8 +174,12 @@ def check(answers: list[dict], reference: list[dict], w: Workload, gate: Gate | 
               "agreement": round(agreement, 6), "drop": drop, "examples": len(w.texts)}
     if gate is None:
         return result
-    problems = []
-    if gate.min_agreement is not None and agreement < gate.min_agreement - 1e-9:
+    problems, stats = [], None
+    if w.task != "embed" and gate.min_agreement is not None and gate.min_agreement < 1.0:
+        stats = _flip_statistics(answers, reference, w.task, units, gate)
+        if stats["verdict"] == "fail":
+            problems.append(f"decisions: {describe(stats)}")
+    elif gate.min_agreement is not None and agreement < gate.min_agreement - 1e-9:
         what = f"texts within cosine {gate.min_cosine:g} of the reference" if w.task == "embed" else "agreement"
         problems.append(f"{what} {100 * agreement:.2f}% < {100 * gate.min_agreement:g}%")
     if drop is not None and drop > gate.max_drop + 1e-9:
@@ -168,5 +188,5 @@ def check(answers: list[dict], reference: list[dict], w: Workload, gate: Gate | 
     if w.task == "embed" and gate.min_agreement is None and value < gate.min_cosine:
         problems.append(f"mean cosine {value:.4f} < {gate.min_cosine:g}")
     result["gate"] = {"min_agreement": gate.min_agreement, "max_drop": gate.max_drop, "passed": not problems,
-                      "problems": problems}
+                      "problems": problems, **({"decision": stats} if stats else {})}
     return result

@@ -42,17 +42,32 @@ def decision_scores(task: str, rows: list[dict], enc: Encoded, options: dict | N
     if task in ("classify", "relation"):
         return [np.log(np.maximum(np.mean([softmax(r["logits"]) for r in rows], axis=0), 1e-300))]
     if task == "multilabel":
-        p = np.clip(np.mean([sigmoid(r["logits"]) for r in rows], axis=0), 1e-12, 1 - 1e-12)
-        cut = (options or {}).get("thresholds") or [0.5] * len(p)
-        t = np.clip(np.asarray(cut, np.float64), 1e-12, 1 - 1e-12)
-        z = np.log(p / (1 - p)) - np.log(t / (1 - t))  # >= 0: the label applies (index 0 of its unit)
-        return [np.array([v, 0.0]) for v in z]
+        return _applies(np.mean([sigmoid(r["logits"]) for r in rows], axis=0), options)
     if task == "ner":
         logp = [np.log(np.maximum(softmax(r["logits"]), 1e-300)) for r in rows]
         return [np.zeros(1) if pick is None else logp[pick[0]][pick[1]] for pick in word_predictions(rows, enc)]
     if task == "qa":
         return [_span_scores(rows, enc)]
     raise ValueError("embeddings make no discrete decision; compare them by cosine")
+
+
+def answer_scores(task: str, answer: dict, options: dict | None = None) -> list[np.ndarray] | None:
+    """``decision_scores`` read back from a decoded answer where it keeps them (classify and relation: every label's
+    probability; multilabel: every label's probability, against its threshold); None for ner and qa, whose answers
+    keep only the chosen tags' and span's scores."""
+    if task in ("classify", "relation"):
+        return [np.log(np.maximum(np.array(list(answer["scores"].values()), np.float64), 1e-300))]
+    if task == "multilabel":
+        return _applies(np.array(list(answer["scores"].values()), np.float64), options)
+    return None
+
+
+def _applies(p: np.ndarray, options: dict | None) -> list[np.ndarray]:
+    """Per label [its logit minus its threshold's logit, 0]: index 0 (the label applies) wins when p >= threshold."""
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    cut = (options or {}).get("thresholds") or [0.5] * len(p)
+    t = np.clip(np.asarray(cut, np.float64), 1e-12, 1 - 1e-12)
+    return [np.array([v, 0.0]) for v in np.log(p / (1 - p)) - np.log(t / (1 - t))]
 
 
 def _span_scores(rows: list[dict], enc: Encoded) -> np.ndarray:
