@@ -37,6 +37,7 @@ from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
 from continual_bbc import accuracy_on, cached, drop, mean_sd, start_run, write_results
+from lowres_bbc import continued_pretraining  # the same recipe and cache, so both studies start alike
 
 METHODS = ("zeroshot", "fewshot", "head")
 PATTERN = "{text} This news is about [MASK]."
@@ -79,26 +80,6 @@ def prepare(args, work: Path) -> dict:
     (d / "verbalizer.json").write_text(json.dumps(VERBALIZER, indent=1) + "\n")
     return {"train_rows": train, "corpus": corpus, "test": write_jsonl(d / "test.jsonl", test),
             "verbalizer": d / "verbalizer.json"}
-
-
-def continued_pretraining(args, data: dict, work: Path, runs: Path) -> Path:
-    from bertrt.train.loop import TrainConfig
-    from bertrt.train.pretrain import PretrainConfig, pretrain
-
-    out = work / "dapt"
-    if not (out / "checkpoint" / "config.json").is_file():
-        (runs / "dapt.json").unlink(missing_ok=True)  # its checkpoint is gone: pretrain again
-
-    def run():
-        pcfg = PretrainConfig(seq_len=args.dapt_seq, batch_size=args.dapt_batch, eval_fraction=0.05,
-                              cache_dir=str(work / "corpus-cache"), from_checkpoint=str(args.base), device="cpu")
-        tcfg = TrainConfig(lr=args.dapt_lr, warmup=0.06, max_steps=args.dapt_steps, seed=0, progress=False)
-        _, res = pretrain([data["corpus"]], out, pcfg, tcfg, force=True)
-        return {"steps": res.step, "tokens": res.tokens, "first_loss": res.history[0]["loss"],
-                "last_loss": res.history[-1]["loss"], "held_out": res.evals[-1] if res.evals else None}
-
-    print(f"continued pretraining: {json.dumps(cached(runs / 'dapt.json', run))}", flush=True)
-    return out / "checkpoint"
 
 
 def export_int8(checkpoint: Path, art: Path, data: dict, prompt: dict | None = None) -> dict:
