@@ -16,8 +16,10 @@ Each final model is evaluated on the test articles of the old topics, the new to
 predictions in every case). The gate: replay's all-5 accuracy within 2 points of joint's (mean over seeds).
 
 ``dapt`` - domain-adaptive continued pretraining. MiniLM continues MLM (``pretrain --from``) on the training
-articles for ``--dapt-steps`` steps; then both it and the original MiniLM are fine-tuned on ``--per-topic`` labelled
-training articles per topic (the same articles for both, drawn with the seed) and evaluated on all test articles.
+articles' text (``continued_pretraining``: ``--dapt-head-steps`` steps of its fresh MLM head alone, then
+``--dapt-steps`` of the whole model; once, seed 0, shared by the seeds); then both it and the original MiniLM are
+fine-tuned on ``--per-topic`` labelled training articles per topic (the same articles for both, drawn with the seed)
+and evaluated on all test articles.
 
 Every run is cached: ``OUT/runs/<experiment>/seed<k>/<name>.json`` is written when the run finishes and skipped
 next time, so an interrupted bench resumes where it stopped (checkpoints go under ``--work``; finished ones that
@@ -26,8 +28,8 @@ exist after every run (``--report-only`` rebuilds them without training).
 
     nice -n 10 python bench/continual_bbc.py --out bench/results/continual_bbc --experiment incremental
     nice -n 10 python bench/continual_bbc.py --out bench/results/continual_bbc --experiment dapt
-    python bench/continual_bbc.py --out /tmp/cl-smoke --limit 120 --epochs 1 --dapt-steps 3 --per-topic 4 \\
-        --max-length 32 --seeds 0            # smoke test, a few minutes: checks the script, numbers mean nothing
+    python bench/continual_bbc.py --out /tmp/cl-smoke --limit 120 --epochs 1 --dapt-head-steps 2 --dapt-steps 3 \\
+        --per-topic 4 --max-length 32 --seeds 0   # smoke test, a few minutes: checks the script, numbers mean nothing
 """
 
 from __future__ import annotations
@@ -72,18 +74,29 @@ def parse_args(argv):
                     "whenever one needs it): a comma-separated subset, e.g. to run one in a second process.")
     ap.add_argument("--anchor-weight", type=float, default=1.0, help="EWC strength (Fisher scaled to mean 1).")
     ap.add_argument("--fisher-samples", type=int, default=200)
-    ap.add_argument("--dapt-steps", type=int, default=100, help="Continued-pretraining optimizer steps (the fixed "
-                    "budget: 100 x 16 x 128 tokens, about a quarter of the training articles' tokens).")
-    ap.add_argument("--dapt-lr", type=float, default=1e-4, help="MiniLM has no MLM head: a fresh one is trained "
-                    "with the encoder, so a little more than fine-tuning's rate.")
-    ap.add_argument("--dapt-batch", type=int, default=16)
     ap.add_argument("--per-topic", type=int, default=100, help="Labelled training articles per topic (dapt).")
     ap.add_argument("--dapt-epochs", type=float, default=3, help="Fine-tuning epochs on the small labelled set.")
     ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
+    add_dapt_args(ap)
     return ap.parse_args(argv)
+
+
+def add_dapt_args(ap) -> None:
+    """The continued-pretraining options, shared by continual_bbc.py, lowres_bbc.py and prompt_bbc.py."""
+    g = ap.add_argument_group("continued pretraining (one recipe for continual_bbc, lowres_bbc and prompt_bbc)")
+    g.add_argument("--dapt-head-steps", type=int, default=300, help="MiniLM has no masked-LM head: first train the "
+                   "fresh head alone this many steps, the encoder frozen (`pretrain --head-steps`).")
+    g.add_argument("--dapt-head-lr", type=float, default=3e-3)
+    g.add_argument("--dapt-steps", type=int, default=400, help="Then this many steps of the whole model: the fixed "
+                   "budget (400 x 16 x 128 tokens is about 1.3 passes over the training articles).")
+    g.add_argument("--dapt-lr", type=float, default=5e-5)
+    g.add_argument("--dapt-batch", type=int, default=16)
+    g.add_argument("--dapt-seq", type=int, default=128, help="Tokens per continued-pretraining example.")
+    g.add_argument("--dapt-checkpoint", type=Path, help="Reuse this continued-pretrained checkpoint (another bench's "
+                   "WORK/dapt/checkpoint, with its record.json beside it) instead of pretraining again.")
 
 
 def cached(path: Path, fn):
@@ -97,6 +110,61 @@ def cached(path: Path, fn):
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, path)
     return result
+
+
+def continued_pretraining(args, corpus: Path, work: Path, record: Path) -> Path:
+    """MiniLM (``args.base``) continued on ``corpus``, the training articles' text, by the benches' one recipe:
+    ``--dapt-head-steps`` steps of the fresh MLM head alone, then ``--dapt-steps`` of the whole model; seed 0, done
+    once and shared by every seed (or ``--dapt-checkpoint``'s run reused). Writes its numbers to ``record``; returns
+    the checkpoint."""
+    from bertrt.train.loop import TrainConfig
+    from bertrt.train.pretrain import PretrainConfig, pretrain
+
+    if args.dapt_checkpoint:
+        checkpoint = Path(args.dapt_checkpoint)
+        source = checkpoint.parent / "record.json"
+        if not (checkpoint / "config.json").is_file() or not source.is_file():
+            raise SystemExit(f"--dapt-checkpoint {checkpoint}: expected a checkpoint with ../record.json beside it")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({**json.loads(source.read_text()), "reused": str(checkpoint)}, indent=1) + "\n")
+        return checkpoint
+    out = work / "dapt"
+    checkpoint = out / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        (out / "record.json").unlink(missing_ok=True)  # its checkpoint is gone: pretrain again
+
+    def run():
+        pcfg = PretrainConfig(seq_len=args.dapt_seq, batch_size=args.dapt_batch, eval_fraction=0.05,
+                              cache_dir=str(work / "corpus-cache"), from_checkpoint=str(args.base), device="cpu",
+                              head_steps=args.dapt_head_steps, head_lr=args.dapt_head_lr)
+        tcfg = TrainConfig(lr=args.dapt_lr, warmup=0.06, max_steps=args.dapt_steps, seed=0, progress=False)
+        _, res = pretrain([corpus], out, pcfg, tcfg, force=True)
+        warm = res.head_warmup
+        return {"head_steps": warm.step if warm else 0, "head_lr": args.dapt_head_lr,
+                "head_held_out": warm.evals[-1] if warm and warm.evals else None,
+                "head_seconds": round(warm.elapsed_s, 1) if warm else 0,
+                "steps": res.step, "lr": args.dapt_lr, "batch": args.dapt_batch, "seq": args.dapt_seq,
+                "tokens": res.tokens, "first_loss": (warm or res).history[0]["loss"],
+                "last_loss": res.history[-1]["loss"], "held_out": res.evals[-1] if res.evals else None}
+
+    result = cached(out / "record.json", run)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"continued pretraining: {json.dumps(result)}", flush=True)
+    return checkpoint
+
+
+def dapt_summary(d: dict) -> str:
+    """One sentence on a continued-pretraining record (continued_pretraining's), for the benches' reports."""
+    def held(e):
+        return f"held-out MLM loss {e['mlm_loss']:.2f}, accuracy {e['mlm_accuracy']:.3f}" if e else "-"
+
+    head = (f"{d['head_steps']} steps of the fresh MLM head alone (lr {d['head_lr']:g}; {held(d['head_held_out'])}), "
+            if d.get("head_steps") else "")
+    return (f"MiniLM continued on the training articles' text: {head}then {d['steps']} steps of the whole model "
+            f"(lr {d.get('lr', 0):g}, {d.get('batch', '?')} x {d.get('seq', '?')} tokens; {held(d['held_out'])}; "
+            f"training loss {d['first_loss']:.2f} -> {d['last_loss']:.2f}), {d['seconds']:.0f}s"
+            + (f"; reused from {d['reused']}" if d.get("reused") else "") + ".")
 
 
 def accuracy_on(model_dir: Path, files: dict) -> dict:
@@ -169,28 +237,12 @@ def run_incremental(args, seed: int, data: dict, work: Path, runs: Path) -> None
         drop(stage1, args.keep_checkpoints)
 
 
-def run_dapt(args, seed: int, data: dict, work: Path, runs: Path) -> None:
+def run_dapt(args, seed: int, data: dict, work: Path, runs: Path, continued: Path) -> None:
     from bertrt.train.finetune import FinetuneConfig, finetune
-    from bertrt.train.loop import TrainConfig
-    from bertrt.train.pretrain import PretrainConfig, pretrain
 
     w = work / "dapt" / f"seed{seed}"
     r = runs / "dapt" / f"seed{seed}"
     w.mkdir(parents=True, exist_ok=True)
-    continued = w / "pretrain" / "checkpoint"
-
-    def continue_pretraining():
-        pcfg = PretrainConfig(seq_len=args.max_length, batch_size=args.dapt_batch, eval_fraction=0.05,
-                              cache_dir=str(work / "corpus-cache"), from_checkpoint=str(args.base), device="cpu")
-        tcfg = TrainConfig(lr=args.dapt_lr, warmup=0.06, max_steps=args.dapt_steps, seed=seed, progress=False)
-        _, res = pretrain([data["corpus"]], w / "pretrain", pcfg, tcfg, force=True)
-        return {"steps": res.step, "tokens": res.tokens, "first_loss": res.history[0]["loss"],
-                "last_loss": res.history[-1]["loss"], "held_out": res.evals[-1] if res.evals else None}
-
-    if not (r / "continued.json").is_file() and not (continued / "config.json").is_file():
-        (r / "pretrain.json").unlink(missing_ok=True)  # its checkpoint is gone: pretrain again
-    pre = cached(r / "pretrain.json", continue_pretraining)
-    print(f"seed {seed} continued pretraining: {json.dumps(pre)}", flush=True)
     few = few_shot(data["train_rows"], args.per_topic, seed)
     few_file = write_jsonl(w / "few.jsonl", few)
     cfg = FinetuneConfig("classify", max_length=args.max_length, batch_size=args.batch_size, epochs=args.dapt_epochs,
@@ -204,7 +256,6 @@ def run_dapt(args, seed: int, data: dict, work: Path, runs: Path) -> None:
             return {**acc, "train_articles": len(few), "steps": res.steps}
 
         print(f"seed {seed} fine-tuned from {name}: {json.dumps(cached(r / f'{name}.json', ft))}", flush=True)
-    drop(w / "pretrain", args.keep_checkpoints)
 
 
 def prepare(args, work: Path) -> dict:
@@ -260,8 +311,7 @@ def report(args, runs: Path) -> None:
             lines += ["", f"Joint minus {name} on all 5 topics over {len(seeds)} seed(s): {gap:+.2f} points "
                       f"(gate: at most 2) -> {'PASS' if gap <= 2 else 'FAIL'}."]
     dapt = results["dapt"]
-    lines += ["", f"## Continued pretraining ({args.dapt_steps} MLM steps on the training articles), then "
-              f"{args.per_topic} labelled articles per topic", "",
+    lines += ["", f"## Continued pretraining, then {args.per_topic} labelled articles per topic", "",
               "| start | all 5 topics | seconds (fine-tune) |", "| --- | --- | --- |"]
     for name in DAPT:
         per_seed = list(dapt.get(name, {}).values())
@@ -272,12 +322,13 @@ def report(args, runs: Path) -> None:
         wins = sum(dapt["continued"][s]["all"] > dapt["original"][s]["all"] for s in seeds)
         gain = statistics.mean(dapt["continued"][s]["all"] - dapt["original"][s]["all"] for s in seeds) * 100
         lines += ["", f"Continued minus original: {gain:+.2f} points on average; continued ahead in {wins} of "
-                  f"{len(seeds)} seed(s)."]
-    pre = list(dapt.get("pretrain", {}).values())
-    if pre:
-        lines += ["", "Continued pretraining per seed: " + "; ".join(
-            f"{s}: MLM loss {r['first_loss']:.2f} -> {r['last_loss']:.2f} in {r['steps']} steps, {r['seconds']:.0f}s"
-            for s, r in sorted(dapt["pretrain"].items()))]
+                  f"{len(seeds)} seed(s) (" + ", ".join(
+                      f"{s}: {100 * dapt['continued'][s]['all']:.2f} vs {100 * dapt['original'][s]['all']:.2f}"
+                      for s in seeds) + ")."]
+    if (runs / "dapt" / "pretrain.json").is_file():
+        results["dapt"]["pretrain"] = json.loads((runs / "dapt" / "pretrain.json").read_text())
+        lines += ["", "One continued pretraining (seed 0), shared by the seeds: "
+                  + dapt_summary(results["dapt"]["pretrain"])]
     write_results(args.out, results, lines)
 
 
@@ -311,12 +362,15 @@ def main(argv=None) -> int:
     work = start_run(args)
     data = prepare(args, work)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    continued = None
+    if args.experiment in ("dapt", "all"):
+        continued = continued_pretraining(args, data["corpus"], work, runs / "dapt" / "pretrain.json")
     for seed in seeds:  # seed by seed, so an early stop still leaves complete seeds
         if args.experiment in ("incremental", "all"):
             run_incremental(args, seed, data, work, runs)
             report(args, runs)
         if args.experiment in ("dapt", "all"):
-            run_dapt(args, seed, data, work, runs)
+            run_dapt(args, seed, data, work, runs, continued)
             report(args, runs)
     print((args.out / "results.md").read_text())
     return 0

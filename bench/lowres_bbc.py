@@ -7,8 +7,8 @@ Methods (each through ``bertrt.train.finetune``, the code ``bertrt finetune`` ru
          insertions of the article's own words; ``bertrt.data.augment``);
   mlm    ``--augment mlm``: one fresh variant per article and epoch with 15% of its words masked and refilled by a
          masked-LM head. MiniLM has none, so the head comes from MiniLM continued-pretrained on the training
-         articles' text (``pretrain --from``, as continual_bbc.py's dapt does: unlabelled text of the training
-         split, ``--dapt-steps`` steps, done once and shared by the seeds); the classifier still starts from MiniLM;
+         articles' text (unlabelled; ``continual_bbc.continued_pretraining``, the recipe all three BBC benches
+         share, done once and shared by the seeds, or ``--dapt-checkpoint``'s); the classifier starts from MiniLM;
   fgm    ``--adversarial fgm --adv-epsilon E`` (one epsilon over the whole batch's word embeddings);
   pgd    ``--adversarial pgd --adv-steps K --adv-epsilon E`` (each article's perturbation in its own ball of
          radius E; step 2.5 E / K).
@@ -23,7 +23,7 @@ run (``--report-only`` rebuilds them without training). Heavy: hold the machine-
 
     flock /work/heavy.lock nice -n 0 python bench/lowres_bbc.py --out bench/results/lowres_bbc
     python bench/lowres_bbc.py --out /tmp/lr-smoke --limit 150 --per-topic 2 --epochs 1 --max-length 32 \\
-        --dapt-steps 2 --seeds 0        # smoke test, a minute or two: checks the script, numbers mean nothing
+        --dapt-head-steps 2 --dapt-steps 2 --seeds 0   # smoke test, a few minutes; numbers mean nothing
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
-from continual_bbc import accuracy_on, cached, drop, mean_sd
+from continual_bbc import (accuracy_on, add_dapt_args, cached, continued_pretraining, dapt_summary, drop,
+                           mean_sd)
 
 METHODS = ("plain", "eda", "mlm", "fgm", "pgd")
 
@@ -60,16 +61,12 @@ def parse_args(argv):
     ap.add_argument("--adv-epsilon", type=float, default=1.0, help="FGM's and PGD's epsilon (MiniLM's word vectors "
                     "have norm ~1.1, a 128-token article's ~12).")
     ap.add_argument("--pgd-steps", type=int, default=2, help="PGD's steps (each a forward and backward pass).")
-    ap.add_argument("--dapt-steps", type=int, default=100, help="Continued-pretraining steps of the mlm method's "
-                    "masked-LM head.")
-    ap.add_argument("--dapt-lr", type=float, default=1e-4)
-    ap.add_argument("--dapt-batch", type=int, default=16)
-    ap.add_argument("--dapt-seq", type=int, default=64, help="Tokens per continued-pretraining example.")
     ap.add_argument("--swap-rate", type=float, default=0.1, help="Share of test words with two characters swapped.")
     ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
+    add_dapt_args(ap)
     return ap.parse_args(argv)
 
 
@@ -96,27 +93,6 @@ def prepare(args, work: Path) -> dict:
     return {"train_rows": train, "corpus": corpus, "test": write_jsonl(d / "test.jsonl", test),
             "perturbed": write_jsonl(d / "test_perturbed.jsonl", perturbed),
             "perturbation": {"words_changed": changed / total, "test_words": total, "test_articles": len(test)}}
-
-
-def continued_pretraining(args, data: dict, work: Path, runs: Path) -> Path:
-    from bertrt.train.loop import TrainConfig
-    from bertrt.train.pretrain import PretrainConfig, pretrain
-
-    out = work / "dapt"
-    checkpoint = out / "checkpoint"
-    if not (checkpoint / "config.json").is_file():
-        (runs / "dapt.json").unlink(missing_ok=True)  # its checkpoint is gone: pretrain again
-
-    def run():
-        pcfg = PretrainConfig(seq_len=args.dapt_seq, batch_size=args.dapt_batch, eval_fraction=0.05,
-                              cache_dir=str(work / "corpus-cache"), from_checkpoint=str(args.base), device="cpu")
-        tcfg = TrainConfig(lr=args.dapt_lr, warmup=0.06, max_steps=args.dapt_steps, seed=0, progress=False)
-        _, res = pretrain([data["corpus"]], out, pcfg, tcfg, force=True)
-        return {"steps": res.step, "tokens": res.tokens, "first_loss": res.history[0]["loss"],
-                "last_loss": res.history[-1]["loss"], "held_out": res.evals[-1] if res.evals else None}
-
-    print(f"continued pretraining: {json.dumps(cached(runs / 'dapt.json', run))}", flush=True)
-    return checkpoint
 
 
 def run_seed(args, seed: int, data: dict, work: Path, runs: Path, methods: list[str], dapt: Path | None) -> None:
@@ -182,12 +158,7 @@ def report(args, runs: Path) -> None:
             lines.append(f"\n{name} minus plain over {len(seeds)} seed(s): {diff['clean']:+.2f} points clean, "
                          f"{diff['perturbed']:+.2f} perturbed.")
     if results["dapt"]:
-        d = results["dapt"]
-        lines += ["", f"mlm's masked-LM head: MiniLM continued on the training articles' text, {d['steps']} steps of "
-                  f"{args.dapt_batch} x {args.dapt_seq} tokens, MLM loss {d['first_loss']:.2f} -> "
-                  f"{d['last_loss']:.2f} ({d['seconds']:.0f}s)" + (
-                      f", held-out MLM accuracy {d['held_out'].get('mlm_accuracy', 0):.3f}" if d["held_out"] else "")
-                  + "."]
+        lines += ["", "mlm's masked-LM head: " + dapt_summary(results["dapt"])]
     if results["perturbation"]:
         p = results["perturbation"]
         lines += ["", f"Perturbed copy: {100 * p['words_changed']:.1f}% of the {p['test_words']:,} words of the "
@@ -219,11 +190,9 @@ def main(argv=None) -> int:
     data = prepare(args, work)
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "perturbation.json").write_text(json.dumps(data["perturbation"]) + "\n")
-    dapt = continued_pretraining(args, data, work, runs) if "mlm" in methods else None
+    dapt = continued_pretraining(args, data["corpus"], work, runs / "dapt.json") if "mlm" in methods else None
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:  # seed by seed: an early stop leaves whole seeds
         run_seed(args, seed, data, work, runs, methods, dapt)
-    if dapt is not None:
-        drop(dapt.parent, args.keep_checkpoints)
     report(args, runs)
     print((args.out / "results.md").read_text())
     return 0

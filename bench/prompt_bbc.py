@@ -5,10 +5,10 @@ training on the same labelled articles (``bertrt.data.bbc.few_shot``, the same s
 of ``bbc_split``, so the numbers sit side by side.
 
 Start model: a prompt reads a masked-LM head and all-MiniLM-L6-v2 has none, so MiniLM is first continued-pretrained
-on the training articles' text (``pretrain --from``, unlabelled text, which is fair in the low-resource setting; the
-recipe of lowres_bbc.py's mlm method: ``--dapt-steps`` steps of ``--dapt-batch`` x ``--dapt-seq`` tokens, seed 0,
-done once and shared by the seeds). Its fresh MLM head has seen only those steps. Methods, through the library code
-the commands run:
+on the training articles' text (``pretrain --from``, unlabelled text, which is fair in the low-resource setting;
+``continual_bbc.continued_pretraining``, the recipe all three BBC benches share: the fresh MLM head trained alone, then
+the whole model; seed 0, done once and shared by the seeds, or ``--dapt-checkpoint``'s run reused). Methods, through
+the library code the commands run:
   zeroshot  ``bertrt zeroshot`` on the test articles: no labels at all (the same model for every seed, so one number);
   fewshot   ``bertrt finetune few.jsonl --task classify --from DAPT --prompt P --verbalizer V``: the seed's 20
             articles per topic, trained through the MLM head (lowres_bbc.py's epochs, lr and batch);
@@ -22,7 +22,7 @@ rebuilt after every run (``--report-only`` rebuilds them without training). Heav
 
     flock /work/heavy.lock nice -n 0 python bench/prompt_bbc.py --out bench/results/prompt_bbc
     python bench/prompt_bbc.py --out /tmp/pr-smoke --limit 150 --per-topic 2 --epochs 1 --max-length 32 \\
-        --dapt-steps 2 --seeds 0         # smoke test, a minute or two: checks the script, numbers mean nothing
+        --dapt-head-steps 2 --dapt-steps 2 --seeds 0   # smoke test, a few minutes; numbers mean nothing
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
-from continual_bbc import accuracy_on, cached, drop, mean_sd, start_run, write_results
-from lowres_bbc import continued_pretraining  # the same recipe and cache, so both studies start alike
+from continual_bbc import (accuracy_on, add_dapt_args, cached, continued_pretraining, dapt_summary, drop, mean_sd,
+                           start_run, write_results)
 
 METHODS = ("zeroshot", "fewshot", "head")
 PATTERN = "{text} This news is about [MASK]."
@@ -58,16 +58,13 @@ def parse_args(argv):
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--dapt-steps", type=int, default=100)
-    ap.add_argument("--dapt-lr", type=float, default=1e-4)
-    ap.add_argument("--dapt-batch", type=int, default=16)
-    ap.add_argument("--dapt-seq", type=int, default=64, help="Tokens per continued-pretraining example.")
     ap.add_argument("--export-seeds", default="0", help="Seeds whose few-shot model is also exported to INT8 (and "
                     "the zero-shot model with the first); empty: none.")
     ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
+    add_dapt_args(ap)
     return ap.parse_args(argv)
 
 
@@ -144,8 +141,8 @@ def report(args, runs: Path) -> None:
              f"over the seeds that finished (n). Pattern `{args.pattern}`; verbalizer "
              + "; ".join(f"{k}: {', '.join(v)}" for k, v in VERBALIZER.items()) + ".", "",
              "Start model: all-MiniLM-L6-v2 has no masked-LM head, so every method here starts from MiniLM "
-             "continued-pretrained on the training articles' text (unlabelled; `pretrain --from`), whose fresh MLM "
-             "head has seen only that. bench/lowres_bbc.py's plain fine-tuning starts from MiniLM itself.", "",
+             "continued-pretrained on the training articles' text (unlabelled; `pretrain --from`, below). "
+             "bench/lowres_bbc.py's plain fine-tuning starts from MiniLM itself.", "",
              "| method | labels used | accuracy % | INT8 prompt artifact % | seconds |", "| --- | --- | --- | --- | --- |"]
     z = results["zeroshot"]
     if z:
@@ -157,10 +154,8 @@ def report(args, runs: Path) -> None:
         lines.append(f"| {label} | {args.per_topic}/topic | {mean_sd([r['all'] for r in per_seed])} | "
                      f"{mean_sd(arts) if arts else '-'} | "
                      f"{statistics.mean([r['seconds'] for r in per_seed]) if per_seed else 0:.0f} |")
-    d = results["dapt"]
-    if d:
-        lines += ["", f"Continued pretraining: {d['steps']} steps of {args.dapt_batch} x {args.dapt_seq} tokens, MLM "
-                  f"loss {d['first_loss']:.2f} -> {d['last_loss']:.2f}, {d['seconds']:.0f}s."]
+    if results["dapt"]:
+        lines += ["", "Start model: " + dapt_summary(results["dapt"])]
     write_results(args.out, results, lines)
 
 
@@ -173,7 +168,7 @@ def main(argv=None) -> int:
         return 0
     work = start_run(args)
     data = prepare(args, work)
-    dapt = continued_pretraining(args, data, work, runs)
+    dapt = continued_pretraining(args, data["corpus"], work, runs / "dapt.json")
     exports = {int(s) for s in args.export_seeds.split(",") if s.strip()}
     run_zeroshot(args, data, dapt, work, runs, bool(exports))
     report(args, runs)

@@ -105,6 +105,10 @@ def pretrain_command(
                                "checkpoint (its tokenizer, weights, and NSP when it has the head) on your domain's "
                                "text instead of starting from random weights; --preset and --vocab-size then do not "
                                "apply. Use a lower --lr (e.g. 5e-5) so it adapts rather than forgets."),
+    head_steps: int = typer.Option(0, help="With --from a checkpoint that lacks the MLM head (a sentence encoder, a "
+                                   "classifier): first train only the fresh head this many steps, everything else "
+                                   "frozen, so its random output does not disturb the encoder (e.g. 200)."),
+    head_lr: float = typer.Option(1e-3, help="Peak learning rate of the --head-steps warm-up."),
     tokenizer: Path = typer.Option(None, help="Use this tokenizer (tokenizer.json, vocab.txt or a folder) instead "
                                    "of training one on the corpus (from scratch; --from brings its own)."),
     vocab_size: int = typer.Option(30522, help="Vocabulary size when training the tokenizer. A few MB of text wants "
@@ -159,7 +163,7 @@ def pretrain_command(
                          seq_len=seq_len, batch_size=batch_size, nsp=nsp, mlm_prob=mlm_prob,
                          whole_word=whole_word_mask, documents=documents, eval_fraction=eval_fraction,
                          cache_dir=str(cache_dir) if cache_dir else None, device=device,
-                         from_checkpoint=str(from_) if from_ else None)
+                         from_checkpoint=str(from_) if from_ else None, head_steps=head_steps, head_lr=head_lr)
     train_cfg = TrainConfig(lr=lr, warmup=warmup, weight_decay=weight_decay, max_steps=max_steps, epochs=epochs,
                             budget_s=parse_duration(budget) if budget else None, grad_accum=grad_accum,
                             precision=precision, seed=seed, eval_every=eval_every, save_every=save_every,
@@ -171,6 +175,10 @@ def pretrain_command(
     if rank() == 0:
         last = result.evals[-1] if result.evals else {}
         evals = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
+        warm = result.head_warmup
+        if warm is not None and warm.evals:
+            typer.echo(f"head warm-up: {warm.step} steps, held-out " + ", ".join(
+                f"{k} {v:.4f}" for k, v in warm.evals[-1].items() if k != "step"))
         typer.echo(f"wrote {result.checkpoint} (step {result.step}, {result.tokens:,} tokens, "
                    f"{result.elapsed_s:.0f}s{', held-out ' + evals if evals else ''})")
 

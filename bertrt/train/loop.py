@@ -146,6 +146,7 @@ class TrainResult:
     elapsed_s: float = 0.0
     tokens: int = 0
     checkpoint: Path | None = None
+    head_warmup: TrainResult | None = None  # continued pretraining's head-only phase before this run (pretrain.py)
 
 
 class EpochBatches:

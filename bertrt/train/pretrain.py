@@ -50,6 +50,8 @@ class PretrainConfig:
     device: str = "auto"
     model_overrides: dict = field(default_factory=dict)  # extra BertConfig fields (hidden sizes, dropout, ...)
     from_checkpoint: str | None = None  # continue from this checkpoint (its tokenizer, weights and heads)
+    head_steps: int = 0  # with from_checkpoint: steps that train only the heads it lacks, everything else frozen
+    head_lr: float = 1e-3  # peak learning rate of those steps
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -58,6 +60,11 @@ class PretrainConfig:
             raise BertrtError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.from_checkpoint and self.tokenizer:
             raise BertrtError("--from continues with the checkpoint's own tokenizer; drop --tokenizer")
+        if self.head_steps < 0 or self.head_lr <= 0:
+            raise BertrtError(f"--head-steps must be >= 0 and --head-lr > 0 (got {self.head_steps}, {self.head_lr})")
+        if self.head_steps and not self.from_checkpoint:
+            raise BertrtError("--head-steps warms up the heads a --from checkpoint lacks; a fresh model has no "
+                              "trained encoder to freeze")
 
 
 def _tokenizer(files: list[Path], cfg: PretrainConfig, out_dir: Path, resume: bool):
@@ -157,16 +164,46 @@ def pretrain(files: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Pr
         eval_fn = lambda model: evaluate(model, eval_batches)  # noqa: E731
 
     torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    warm = None
     if cfg.from_checkpoint:
         model = load_continued(source, task, cfg.seq_len).to(device)
         if tok.get_vocab_size() > model.config.vocab_size:
             raise BertrtError(f"{source}'s tokenizer has {tok.get_vocab_size()} tokens but its model only "
                               f"{model.config.vocab_size} embeddings; the checkpoint is inconsistent")
+        if cfg.head_steps and not resume:
+            warm = warm_fresh_heads(model, data, cfg, train_cfg, out_dir, eval_fn, tok)
     else:
         model = build_model(cfg, tok.get_vocab_size()).to(device)
     result = train(model, data, pretrain_loss, train_cfg, out_dir, eval_fn=eval_fn, resume=resume,
                    count_fn=pretrain_counts, tokenizer=tok, force=force)
+    result.head_warmup = warm
     return model, result
+
+
+def warm_fresh_heads(model: Bert, data, cfg: PretrainConfig, train_cfg: TrainConfig, out_dir: Path, eval_fn,
+                     tok) -> TrainResult | None:
+    """Train only the freshly initialised head weights of a continued model for ``cfg.head_steps`` steps (under
+    ``out_dir/head-warmup``), the encoder and embeddings frozen, and return that run's result (None when the
+    checkpoint brought every head). A random MLM head sends noise back into the encoder it is meant to adapt: a
+    checkpoint without one (a sentence encoder, a classifier) first learns to read its own hidden states. The
+    tied decoder (the word embeddings) stays frozen too, so the encoder's vocabulary does not drift. A kill during
+    the warm-up restarts it: it is short, and the main run's checkpoints begin after it."""
+    fresh = set(getattr(model, "fresh_weights", []))
+    if not fresh:
+        return None
+    frozen = [p for n, p in model.named_parameters() if p.requires_grad and n not in fresh]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        warm_cfg = replace(train_cfg, lr=cfg.head_lr, max_steps=cfg.head_steps, epochs=None, budget_s=None,
+                           warmup=0.1, eval_every=0, save_every=0, wandb=None)
+        if D.rank() == 0:
+            print(f"warming up the fresh head ({len(fresh)} tensors) for {cfg.head_steps} steps, the rest frozen")
+        return train(model, data, pretrain_loss, warm_cfg, out_dir / "head-warmup", eval_fn=eval_fn,
+                     count_fn=pretrain_counts, tokenizer=tok, force=True)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def parse_duration(text: str) -> float:
