@@ -220,3 +220,20 @@ def test_throughput_turns_take_the_workload_shortest_first():
     t.throughput(2, 0, 2)
     t.throughput(2, 2, 4)
     assert seen == [["a", "bb"], ["ccc", "dddd"]]
+
+
+def test_machine_flags_come_from_cpuinfo_and_reach_the_caption():
+    from bertrt.bench.machine import cpu_flags
+    from bertrt.bench.report import caption
+
+    info = ("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_tile amx_int8\n"
+            "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(info) == ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]  # ISA order, first line only
+    assert cpu_flags("model name\t: no flags line\n") == []
+    doc = {"machine": {"cpu": "Some Xeon", "cpu_flags": ["avx512_vnni", "amx_int8"], "cores": 2, "threads": 2,
+                       "commit": "abc", "versions": {"bertrt": "0", "onnxruntime": "1", "torch": "2",
+                                                     "transformers": "5", "openvino": "2026.4.1", "nncf": None}},
+           "settings": {"repeats": 1, "latency_n": 4, "reference": None}, "workloads": []}
+    text = caption(doc)
+    assert text.startswith("Some Xeon [avx512_vnni amx_int8] (2 cores)") and "openvino 2026.4.1" in text
+    assert "nncf" not in text

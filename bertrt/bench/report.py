@@ -22,8 +22,10 @@ def caption(doc: dict) -> str:
     v = m["versions"]
     loads = "; ".join(f"{w['name']}: {w['examples']} texts, truncated at {w['max_length']} tokens"
                       for w in doc["workloads"])
-    return (f"{m['cpu']} ({m['cores']} cores), {m['threads']} threads; bertrt {v['bertrt']}, onnxruntime "
-            f"{v['onnxruntime']}, torch {v['torch']}, transformers {v['transformers']}; commit {m['commit']}. "
+    flags = f" [{' '.join(m['cpu_flags'])}]" if m.get("cpu_flags") else ""
+    extra = "".join(f", {k} {v[k]}" for k in ("openvino", "nncf") if v.get(k))
+    return (f"{m['cpu']}{flags} ({m['cores']} cores), {m['threads']} threads; bertrt {v['bertrt']}, onnxruntime "
+            f"{v['onnxruntime']}, torch {v['torch']}, transformers {v['transformers']}{extra}; commit {m['commit']}. "
             f"Workloads - {loads}. Timed in {s['repeats']} interleaved rounds, each cut into short turns that go "
             f"round every variant ({s['latency_n']} texts one by one for batch-1 latency, one pass per batch size; "
             f"throughput is the median round); tokenization included everywhere (also shown alone); "
