@@ -171,3 +171,18 @@ def test_pretrain_command_warms_a_missing_head(hf_checkpoint, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "head warm-up: 3 steps, held-out mlm_loss" in result.output and "step 1" in result.output
+
+
+def test_an_existing_run_is_refused_before_the_head_warmup(tmp_path, hf_checkpoint):
+    from bertrt.errors import OutputExistsError
+
+    _, text, hf, _ = hf_checkpoint
+    plain = tmp_path / "plain"
+    hf.bert.save_pretrained(plain)
+    save_tokenizer(load_tokenizer(hf_checkpoint[0]), plain)
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    cfg = PretrainConfig(seq_len=32, batch_size=4, eval_fraction=0.0, cache_dir=str(tmp_path / "cache"),
+                         from_checkpoint=str(plain), head_steps=5)
+    with pytest.raises(OutputExistsError, match="already exists"):
+        pretrain([text], tmp_path / "run", cfg, TrainConfig(max_steps=1, progress=False))
+    assert not (tmp_path / "run" / "head-warmup").exists()  # refused before any warm-up step

@@ -261,6 +261,16 @@ def _default_save(model, directory: Path, tokenizer) -> None:
         write_checkpoint_files(model, directory, tokenizer)
 
 
+def check_run_folder(out_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to start over an existing run without ``force``, or to resume one that has no saved state."""
+    ckpt_dir = Path(out_dir) / "checkpoint"
+    if not resume and ckpt_dir.exists() and not force:
+        raise OutputExistsError(f"{ckpt_dir} already exists; pass --resume to continue that run or --force to "
+                                "start over")
+    if resume and not (ckpt_dir / "train_state").is_dir():
+        raise CheckpointError(f"nothing to resume: {ckpt_dir}/train_state does not exist; run without --resume")
+
+
 def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainConfig, out_dir,
           eval_fn: Callable | None = None, resume: bool = False, count_fn: Callable | None = None,
           tokenizer=None, save_fn: Callable | None = None, force: bool = False,
@@ -270,11 +280,7 @@ def train(model: torch.nn.Module, train_data, loss_fn: Callable, config: TrainCo
     ckpt_dir = out_dir / "checkpoint"
     rank, world = D.rank(), D.world_size()
     is_main = rank == 0
-    if not resume and ckpt_dir.exists() and not force:
-        raise OutputExistsError(f"{ckpt_dir} already exists; pass --resume to continue that run or --force to "
-                                "start over")
-    if resume and not (ckpt_dir / "train_state").is_dir():
-        raise CheckpointError(f"nothing to resume: {ckpt_dir}/train_state does not exist; run without --resume")
+    check_run_folder(out_dir, resume, force)
     device = next(model.parameters()).device
     save_fn = save_fn or (lambda m, d: _default_save(m, d, tokenizer))
     epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)

@@ -26,7 +26,7 @@ from ..data.pretraining import (ExampleConfig, Masker, PretrainBatches, evaluate
 from ..errors import BertrtError
 from ..model import PRESETS, Bert, BertConfig
 from . import distributed as D
-from .loop import TrainConfig, TrainResult, train
+from .loop import TrainConfig, TrainResult, check_run_folder, train
 
 EVAL_SEED = 20250101  # held-out examples and their masks are the same in every run, so curves compare
 
@@ -171,6 +171,7 @@ def pretrain(files: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Pr
             raise BertrtError(f"{source}'s tokenizer has {tok.get_vocab_size()} tokens but its model only "
                               f"{model.config.vocab_size} embeddings; the checkpoint is inconsistent")
         if cfg.head_steps and not resume:
+            check_run_folder(out_dir, resume, force)  # before the warm-up, not after it
             warm = warm_fresh_heads(model, data, cfg, train_cfg, out_dir, eval_fn, tok)
     else:
         model = build_model(cfg, tok.get_vocab_size()).to(device)
