@@ -21,9 +21,9 @@ from .errors import BertrtError
 
 app = typer.Typer(
     help="bertrt: train, compress, export and serve BERT models, from raw text to a verified ONNX artifact.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
 )
-tokenizer_app = typer.Typer(help="Train and inspect WordPiece tokenizers.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train and inspect WordPiece tokenizers.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(security_app)  # keygen, sign, mask: top-level commands kept in their own module
 app.add_typer(augment_app)  # augment

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)  # help texts say bertrt[extra]: not rich markup
 
 
 class DataTask(str, Enum):

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)  # help texts say bertrt[extra]: not rich markup
 
 PASSPHRASE_ENV = "BERTRT_SIGNING_PASSPHRASE"
 

@@ -66,3 +66,14 @@ def test_import_is_light():
             "assert not heavy, heavy")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_help_shows_bracketed_extras_verbatim():
+    """Help texts name extras as `bertrt[ray]`; rich markup read them as tags and printed "needs bertrt"."""
+    from typer.testing import CliRunner
+
+    from bertrt.cli import app
+
+    for command, extra in (("predict", "bertrt[ray]"), ("serve", "bertrt[ray]"), ("finetune", "bertrt[track]")):
+        r = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+        assert r.exit_code == 0 and extra in " ".join(r.output.split()), (command, r.output[-400:])
