@@ -22,7 +22,8 @@ from bertrt.converters.parity import check  # noqa: E402
 from bertrt.converters.pipeline import export_artifact  # noqa: E402
 from bertrt.errors import DeviceError  # noqa: E402
 from bertrt.runtime import Runtime  # noqa: E402
-from bertrt.runtime.backends import OPENVINO_FILES, choose_backend, describe_backends  # noqa: E402
+from bertrt.runtime.backends import (OPENVINO_FILES, OpenVINOSession, choose_backend, cpu_precisions,  # noqa: E402
+                                     describe_backends)
 from bertrt.tokenizer import load_tokenizer  # noqa: E402
 
 from .test_export_fixtures import make_checkpoint  # noqa: E402
@@ -88,12 +89,21 @@ def test_export_writes_a_gated_and_timed_openvino_variant(artifacts):
             assert v["parity"]["gates"]["tensor"]["rule"] == "SNR >= 20 dB"
         else:
             assert all(m[0] != "FakeQuantize" for m in matmuls) and v["parity"]["gates"]["tensor"]["value"] <= 1e-4
+        # the computes gated and timed: f32 always; bf16 too for INT8 where the CPU has it; the fastest passing wins
+        assert sorted(v["computes"]) == sorted(cpu_precisions() if kind == "int8" else ["f32"])
+        timed_computes = {c: r["seconds"] for c, r in v["computes"].items() if r["passed"]}
+        assert v["inference_precision"] == min(timed_computes, key=timed_computes.get)
+        assert v["seconds"] == timed_computes[v["inference_precision"]]
         timed = {k: m["backends"][k]["seconds"] for k in ("onnxruntime", "openvino")}
         fastest = min(timed, key=timed.get)
-        assert Runtime(path).backend == fastest  # auto follows the export's numbers
+        rt = Runtime(path)
+        assert rt.backend == fastest  # auto follows the export's numbers
+        if fastest == "openvino":
+            assert rt.session.precision == v["inference_precision"]
+        compute = "" if v["inference_precision"] == "f32" else f" ({v['inference_precision']} compute)"
         assert describe_backends(m) == (f"onnxruntime {m['precision']} {1000 * timed['onnxruntime']:.1f} ms; "
-                                        f"openvino {v['precision']} {1000 * timed['openvino']:.1f} ms (per pass "
-                                        f"over the gate batches); auto picks {fastest}")  # bertrt info, export
+                                        f"openvino {v['precision']}{compute} {1000 * timed['openvino']:.1f} ms "
+                                        f"(per pass over the gate batches); auto picks {fastest}")  # bertrt info
 
 
 def _batches(path):
@@ -196,6 +206,32 @@ def test_bench_times_the_openvino_peers_interleaved_with_the_others(artifacts, t
     ours = [r for r in doc["rows"] if r["kind"] == "bertrt"][0]
     engine = Runtime(path).backend
     assert ours["status"] == "timed" and ours["variant"].endswith("openvino)" if engine == "openvino" else "int8)")
-    assert ours["precision"] == ("int8-nncf" if engine == "openvino" else "int8-dynamic")
+    compute = manifest["backends"]["openvino"]["inference_precision"]
+    assert ours["precision"] == ("int8-nncf" + ("" if compute == "f32" else f"+{compute}") if engine == "openvino"
+                                 else "int8-dynamic")
     best = max((r for r in doc["rows"] if r["kind"] == "peer"), key=lambda r: r["throughput"]["8"]["seq_per_s"])
     assert ours["vs_best_peer"]["throughput_peer"] == best["variant"]
+
+
+def test_hot_shapes_get_a_static_compile_with_the_same_outputs(artifacts, monkeypatch):
+    from bertrt.runtime import backends
+
+    xml = artifacts["fp32"][0] / OPENVINO_FILES[0]
+    batches = _batches(artifacts["fp32"][0])
+    shapes = [b.feeds["input_ids"].shape for b in batches]
+    assert len(set(shapes)) >= 2
+    dynamic = OpenVINOSession(xml, static_shapes=False)
+    expected = [dynamic.run(b.feeds)["logits"] for b in batches]
+    monkeypatch.setattr(backends, "MAX_STATIC", 1)
+    session = OpenVINOSession(xml)
+    for _ in range(backends.HOT_AFTER):
+        for b in batches:
+            session.run(b.feeds)
+    session.settle()
+    assert session.specialised() == [shapes[0]]  # the first shape that got hot; the cap keeps the rest dynamic
+    assert session._request_for(shapes[0]) is not session.request
+    assert session._request_for(shapes[1]) is session.request
+    worst = max(float(np.abs(session.run(b.feeds)["logits"] - e).max()) for b, e in zip(batches, expected))
+    assert worst <= 1e-5, worst  # the static compile computes what the dynamic one does (f32)
+    with pytest.raises(DeviceError, match="unknown OpenVINO inference precision"):
+        OpenVINOSession(xml, precision="fp8")

@@ -33,7 +33,10 @@ class ArtifactPredictor:
         self.precision = self.manifest.get("precision", "fp32")
         files = ["model.onnx"]
         if self.rt.backend == "openvino":
-            self.precision, files = self.manifest["backends"]["openvino"]["precision"], list(OPENVINO_FILES)
+            v = self.manifest["backends"]["openvino"]
+            self.precision, files = v["precision"], list(OPENVINO_FILES)
+            if self.rt.session.precision != "f32":  # what the non-quantized parts compute in, when not f32
+                self.precision += f"+{self.rt.session.precision}"
         self.max_length = self.rt.max_length
         self.size_mb = round(sum((self.path / f).stat().st_size for f in files + ["tokenizer.json"]) / 2 ** 20, 2)
 
