@@ -9,7 +9,7 @@ import pytest
 
 from bertrt.errors import DeviceError, InputError
 from bertrt.runtime import Runtime
-from bertrt.tasks.encode import PAD_MULTIPLE, TextEncoder, padded_length, plan_batches
+from bertrt.tasks.encode import PAD_MULTIPLE, PREFIX_CHARS_PER_TOKEN, TextEncoder, padded_length, plan_batches
 
 TEXTS = [
     "hello",
@@ -144,13 +144,14 @@ def test_prefix_tokenization_is_exact(tiny_artifact):
     path = tiny_artifact("ner") / "tokenizer.json"
     fast, full = TextEncoder(path, "classify", 16), TextEncoder(path, "classify", 16)
     full._prefix_chars = None
-    assert fast._prefix_chars == 16 * 8
+    assert fast._prefix_chars == 16 * PREFIX_CHARS_PER_TOKEN
     rng = np.random.default_rng(0)
     words = " ".join(TEXTS + [q["context"] for q in QA]).split()
     seps = [" ", "  ", "\t", "\n", " \u3000 "]
     texts = ["".join(str(rng.choice(words)) + str(rng.choice(seps)) for _ in range(int(rng.integers(1, 80))))
              for _ in range(300)]
-    texts += ["a" + " " * 200 + "b c d " * 10,  # the prefix is mostly blank: too few tokens, re-encoded whole
+    texts += ["a" + " " * 200 + "b c d " * 10,  # the prefix is mostly blank: too few tokens, retried longer
+              "a " + " " * 2000 + "b c d " * 10,  # still too few after one retry: a second, then the whole text
               "x" * 400,  # no whitespace near the cut: the whole text
               "北京上海" * 60,  # CJK without spaces
               "fox " * 31 + "fox"]  # exactly at the character limit

@@ -32,7 +32,10 @@ PAD_MULTIPLE = 8  # sequence lengths are padded to a multiple of this: fewer dis
 MAX_QUESTION_TOKENS = 64  # qa questions are cut to this many tokens (SQuAD practice)
 LONG_MODES = ("truncate", "chunks")
 RELATION_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")  # around the head, around the tail
-PREFIX_CHARS_PER_TOKEN = 8  # a long single text is first tokenized from a prefix of max_length x this many characters
+# A long single text is first tokenized from a prefix of max_length x this many characters (English news: 4.7
+# characters per token, 5.9 at most over BBC's 2,225 articles); one that falls short retries with PREFIX_GROWTH x more.
+PREFIX_CHARS_PER_TOKEN = 6
+PREFIX_GROWTH = 4
 # Where a prefix may be cut: whitespace to the pre-tokeniser in every normaliser setting. Not str.isspace(), which
 # also accepts control characters (\x1c-\x1f) that BERT's clean_text deletes, joining the words around them.
 _CUT_AT = frozenset(" \t\n\r")
@@ -209,23 +212,34 @@ class TextEncoder:
 
     # ------------------------------------------------------------------------------------ single texts, truncated
     def _truncated(self, texts: list[str]) -> list[Encoded]:
-        batch = [self._prefix(t) for t in texts]
-        encs = self._tok.encode_batch(batch) if batch else []
-        for i, (e, x, t) in enumerate(zip(encs, batch, texts)):
-            if x is not t and not e.overflowing:  # the prefix fell short of max_length: all of it
-                encs[i] = self._tok.encode(t)
+        encs = self.from_prefixes(texts, self._tok, lambda e: bool(e.overflowing))
         return [_wrap(e, t) for e, t in zip(encs, texts)]
 
-    def _prefix(self, text: str) -> str:
-        """The text up to a whitespace near ``_prefix_chars`` characters (the text itself when short).
+    def from_prefixes(self, texts: list[str], tok: Tokenizer, enough, **options) -> list:
+        """``tok``'s encodings of ``texts``, each of the shortest prefix tried for which ``enough(encoding)`` holds
+        (``_prefix``: ``max_length`` x ``PREFIX_CHARS_PER_TOKEN`` characters first, ``PREFIX_GROWTH`` x longer on
+        each retry), else of the whole text. Exact when ``enough`` says the prefix holds every token kept."""
+        n = self._prefix_chars
+        cut = [self._prefix(t, n) for t in texts]
+        encs = tok.encode_batch(cut, **options) if cut else []
+        for i, (e, x, t) in enumerate(zip(encs, cut, texts)):
+            m = n
+            while x is not t and not enough(e):
+                m *= PREFIX_GROWTH
+                x = self._prefix(t, m)
+                e = encs[i] = tok.encode(x, **options)
+        return encs
+
+    @staticmethod
+    def _prefix(text: str, n: int | None) -> str:
+        """The text up to a whitespace near ``n`` characters (the text itself when short).
 
         Why it is exact: the BERT normaliser maps each character on its own and the BERT pre-tokeniser splits at
         whitespace, so the tokens of a prefix cut at whitespace are a prefix of the text's tokens. When that
         prefix still overflows ``max_length``, its truncated encoding (ids, offsets, truncation flag) is the full
-        text's; ``_truncated`` re-encodes the whole text otherwise. Tokenizing a 2,000-character article to keep
-        its first 128 tokens costs about a quarter as much this way.
+        text's; ``from_prefixes`` tries a longer prefix otherwise. Tokenizing a 2,200-character BBC article to keep
+        its first 128 tokens costs about a third as much this way.
         """
-        n = self._prefix_chars
         if n is None or len(text) <= n:
             return text
         cut = n

@@ -129,15 +129,8 @@ class PromptEncoder:
         return out
 
     def _tokens(self, texts: list[str]) -> list[list[int]]:
-        """Each text's token ids; a long text is tokenized from a whitespace-cut prefix when that exactly gives
-        its first tokens (``TextEncoder._prefix``), and whole when the prefix holds fewer than room + 1."""
-        whole = self.encoder._whole
-        cut = [self.encoder._prefix(t) for t in texts]
-        encs = whole.encode_batch(cut, add_special_tokens=False) if cut else []
-        out = []
-        for e, x, t in zip(encs, cut, texts):
-            ids = e.ids
-            if x is not t and len(ids) <= self.room:
-                ids = whole.encode(t, add_special_tokens=False).ids
-            out.append(ids)
-        return out
+        """Each text's token ids, at least room + 1 of them (or all): from a whitespace-cut prefix when that
+        exactly gives its first tokens (``TextEncoder.from_prefixes``)."""
+        encs = self.encoder.from_prefixes(texts, self.encoder._whole, lambda e: len(e.ids) > self.room,
+                                          add_special_tokens=False)
+        return [e.ids for e in encs]
