@@ -1,8 +1,8 @@
 """The artifact's OpenVINO variant: the unfused fp32 ONNX graph (pruned, when the checkpoint is) converted to
 OpenVINO IR, quantized to INT8 by NNCF's post-training quantization (transformer preset) when the export asks for
 INT8, calibrated on the export's sample (``--calib``, else the gate data), and gated by the same parity rules as
-the ONNX variant (an INT8 variant also with its non-quantized parts in bf16, where the CPU has it). Then the
-variants are timed on the gate batches, in interleaved turns with the same threads, and the times are recorded for
+the ONNX variant (with ``--openvino-bf16`` also computed in bf16, where the CPU has it). Then the variants are
+timed on the gate batches, in interleaved turns with the same threads, and the times are recorded for
 ``Runtime(backend="auto")`` (``bertrt.runtime.backends``).
 
 A variant that misses its gates is not written; the ONNX artifact is, with the refusal and its numbers in the
@@ -81,13 +81,13 @@ def time_backends(sessions: dict, batches) -> dict[str, float]:
 
 
 def add_variant(work: Path, onnx_final: Path, precision: str, task: str, ref: list[dict], batches, parity,
-                calib_feeds: list[dict], log) -> tuple[dict, dict]:
+                calib_feeds: list[dict], log, bf16: bool = False) -> tuple[dict, dict]:
     """Build, gate and time the OpenVINO variant beside the ONNX one (``onnx_final``, of ``precision``); return
     (the manifest's ``backends`` record, the variant's files to write, none when it missed its gates).
 
-    An INT8 export's variant is gated, and timed, with its non-quantized parts computed in f32 and, where this CPU
-    has bf16, in bf16 (the INT8 export already asked for reduced precision); the fastest that passes is recorded as
-    ``inference_precision``. An fp32 export's variant computes in f32 only."""
+    The variant computes in f32 (its ``inference_precision``). With ``bf16`` (``--openvino-bf16``), on a CPU that
+    has bf16, it is also gated (by the quantized-precision rules) and timed computing in bf16, and the fastest
+    compute that passes is kept."""
     from bertrt.artifact import TASK_OUTPUTS
     from bertrt.runtime.session import Session
 
@@ -97,10 +97,12 @@ def add_variant(work: Path, onnx_final: Path, precision: str, task: str, ref: li
     name = "OpenVINO NNCF INT8" if int8 else "OpenVINO fp32"
     log(f"building the {name} variant (from the unfused fp32 graph{', calibrated on ' + str(len(calib_feeds)) + ' batches' if int8 else ''})")
     xml = build(work / "export.onnx", work, int8, calib_feeds)
-    computes = cpu_precisions() if int8 else ("f32",)
-    reports = {c: check(task, "int8" if int8 else "fp32", ref, outputs(xml, batches, TASK_OUTPUTS[task],
-                                                                        precision=c), batches, parity)
-               for c in computes}
+    computes = cpu_precisions() if bf16 else ("f32",)
+    if bf16 and "bf16" not in computes:
+        log("--openvino-bf16: this CPU has no bf16 (AVX-512 BF16 or AMX); the variant computes in f32")
+    gate_precision = {c: "int8" if int8 else ("fp32" if c == "f32" else "bf16") for c in computes}
+    reports = {c: check(task, gate_precision[c], ref, outputs(xml, batches, TASK_OUTPUTS[task], precision=c),
+                        batches, parity) for c in computes}
     passing = [c for c in computes if reports[c]["passed"]]
     for c in computes:
         verdict = "passes" if reports[c]["passed"] else f"fails ({failures(reports[c])})"

@@ -2,7 +2,7 @@
 
 Reference outputs come from the PyTorch fp32 model on the same padded batches. Per-token outputs are compared on
 real tokens only (padding positions are undefined). Tolerance belongs to the precision: fp32 is compared
-elementwise (max abs error), INT8 and fp16 by signal-to-noise ratio, embeddings also by cosine.
+elementwise (max abs error), INT8, bf16 and fp16 by signal-to-noise ratio, embeddings also by cosine.
 """
 
 from __future__ import annotations
@@ -191,6 +191,7 @@ def check(task: str, precision: str, ref: list[dict], out: list[dict], batches: 
         worst = max(s["max_abs"] for s in tensors.values())
         gates["tensor"] = {"passed": bool(worst <= cfg.fp32_atol), "value": worst, "rule": f"max abs <= {cfg.fp32_atol:g}"}
     else:
+        # bf16 keeps 8 significant bits, as INT8 does: INT8's floor
         floor = cfg.fp16_min_snr_db if precision == "fp16" else cfg.int8_min_snr_db
         worst = min(s["snr_db"] for s in tensors.values())
         gates["tensor"] = {"passed": bool(worst >= floor), "value": worst, "rule": f"SNR >= {floor:g} dB"}

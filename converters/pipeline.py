@@ -186,7 +186,7 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
             from .openvino_variant import add_variant
 
             backends, extra_files = add_variant(work, current, precision, task, ref, batches, parity,
-                                                calib or [b.feeds for b in batches], log)
+                                                calib or [b.feeds for b in batches], log, bf16=openvino.bf16)
 
         tok_dir = work / "tokenizer"
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)

@@ -89,21 +89,17 @@ def test_export_writes_a_gated_and_timed_openvino_variant(artifacts):
             assert v["parity"]["gates"]["tensor"]["rule"] == "SNR >= 20 dB"
         else:
             assert all(m[0] != "FakeQuantize" for m in matmuls) and v["parity"]["gates"]["tensor"]["value"] <= 1e-4
-        # the computes gated and timed: f32 always; bf16 too for INT8 where the CPU has it; the fastest passing wins
-        assert sorted(v["computes"]) == sorted(cpu_precisions() if kind == "int8" else ["f32"])
-        timed_computes = {c: r["seconds"] for c, r in v["computes"].items() if r["passed"]}
-        assert v["inference_precision"] == min(timed_computes, key=timed_computes.get)
-        assert v["seconds"] == timed_computes[v["inference_precision"]]
+        assert v["computes"] == {"f32": {"passed": True, "seconds": v["seconds"]}}  # bf16 only when asked
+        assert v["inference_precision"] == "f32"
         timed = {k: m["backends"][k]["seconds"] for k in ("onnxruntime", "openvino")}
         fastest = min(timed, key=timed.get)
         rt = Runtime(path)
         assert rt.backend == fastest  # auto follows the export's numbers
         if fastest == "openvino":
             assert rt.session.precision == v["inference_precision"]
-        compute = "" if v["inference_precision"] == "f32" else f" ({v['inference_precision']} compute)"
         assert describe_backends(m) == (f"onnxruntime {m['precision']} {1000 * timed['onnxruntime']:.1f} ms; "
-                                        f"openvino {v['precision']}{compute} {1000 * timed['openvino']:.1f} ms "
-                                        f"(per pass over the gate batches); auto picks {fastest}")  # bertrt info
+                                        f"openvino {v['precision']} {1000 * timed['openvino']:.1f} ms (per pass "
+                                        f"over the gate batches); auto picks {fastest}")  # bertrt info, export
 
 
 def _batches(path):
@@ -206,9 +202,7 @@ def test_bench_times_the_openvino_peers_interleaved_with_the_others(artifacts, t
     ours = [r for r in doc["rows"] if r["kind"] == "bertrt"][0]
     engine = Runtime(path).backend
     assert ours["status"] == "timed" and ours["variant"].endswith("openvino)" if engine == "openvino" else "int8)")
-    compute = manifest["backends"]["openvino"]["inference_precision"]
-    assert ours["precision"] == ("int8-nncf" + ("" if compute == "f32" else f"+{compute}") if engine == "openvino"
-                                 else "int8-dynamic")
+    assert ours["precision"] == ("int8-nncf" if engine == "openvino" else "int8-dynamic")
     best = max((r for r in doc["rows"] if r["kind"] == "peer"), key=lambda r: r["throughput"]["8"]["seq_per_s"])
     assert ours["vs_best_peer"]["throughput_peer"] == best["variant"]
 
@@ -235,3 +229,24 @@ def test_hot_shapes_get_a_static_compile_with_the_same_outputs(artifacts, monkey
     assert worst <= 1e-5, worst  # the static compile computes what the dynamic one does (f32)
     with pytest.raises(DeviceError, match="unknown OpenVINO inference precision"):
         OpenVINOSession(xml, precision="fp8")
+
+
+@pytest.mark.skipif("bf16" not in cpu_precisions(), reason="this CPU has no bf16")
+def test_bf16_compute_is_gated_timed_and_kept_only_when_fastest(artifacts, tmp_path):
+    ckpt = artifacts["fp32"][1]["source"]["checkpoint"]
+    m = export_artifact(ckpt, tmp_path / "bf16", openvino=OpenVINOConfig("on", bf16=True), **QUIET)
+    v = m["backends"]["openvino"]
+    assert sorted(v["computes"]) == ["bf16", "f32"]
+    timed = {c: r["seconds"] for c, r in v["computes"].items() if r["passed"]}
+    assert v["inference_precision"] == min(timed, key=timed.get) and v["seconds"] == timed[v["inference_precision"]]
+    report = v["parity"]  # the kept compute's gates: bf16 by the quantized rules (SNR floor, flip statistic)
+    if v["inference_precision"] == "bf16":
+        assert report["precision"] == "bf16" and report["gates"]["tensor"]["rule"] == "SNR >= 20 dB"
+        assert "statistics" in report["gates"]["decision"]
+        compute = " (bf16 compute)"
+    else:
+        assert report["precision"] == "fp32"
+        compute = ""
+    rt = Runtime(tmp_path / "bf16", backend="openvino")
+    assert rt.session.precision == v["inference_precision"]
+    assert f"openvino fp32{compute} " in describe_backends(m)
