@@ -108,9 +108,10 @@ def add_variant(work: Path, onnx_final: Path, precision: str, task: str, ref: li
         verdict = "passes" if reports[c]["passed"] else f"fails ({failures(reports[c])})"
         log(f"{name}, {c} compute: {verdict}" + (f": {format_gates(reports[c])}" if reports[c]["passed"] else ""))
     backends = {"onnxruntime": {"precision": precision, "passed": True}}
+    record = {"precision": "int8-nncf" if int8 else "fp32", "source": "unfused fp32 ONNX export",
+              "files": list(OPENVINO_FILES)}
     if not passing:
-        backends["openvino"] = {"precision": "int8-nncf" if int8 else "fp32", "source": "unfused fp32 ONNX export",
-                                "files": list(OPENVINO_FILES), "passed": False, "parity": reports[computes[0]]}
+        backends["openvino"] = record | {"passed": False, "parity": reports[computes[0]]}
         log(f"the {name} variant fails its gates; not written, the ONNX variant is")
         return backends, {}
     sessions = {"onnxruntime": Session(str(onnx_final), device="cpu")}
@@ -118,9 +119,8 @@ def add_variant(work: Path, onnx_final: Path, precision: str, task: str, ref: li
     times = time_backends(sessions, batches)
     chosen = min(passing, key=lambda c: times[f"openvino {c}"])
     backends["onnxruntime"]["seconds"] = round(times["onnxruntime"], 6)
-    backends["openvino"] = {
-        "precision": "int8-nncf" if int8 else "fp32", "inference_precision": chosen,
-        "source": "unfused fp32 ONNX export", "files": list(OPENVINO_FILES), "passed": True,
+    backends["openvino"] = record | {
+        "inference_precision": chosen, "passed": True,
         "parity": reports[chosen], "seconds": round(times[f"openvino {chosen}"], 6),
         "computes": {c: {"passed": reports[c]["passed"], "seconds": times.get(f"openvino {c}") and
                          round(times[f"openvino {c}"], 6)} for c in computes}}

@@ -136,9 +136,8 @@ class OpenVINOSession:
     def settle(self) -> None:
         """Wait for the specialisations under way (timing wants the steady state)."""
         with self._lock:
-            for shape, future in list(self._pending.items()):
-                future.exception()
-                self._install(shape)
+            for shape in list(self._pending):
+                self._install(shape)  # waits for it
 
     def _request_for(self, shape: tuple):
         if shape in self._static:
