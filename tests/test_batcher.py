@@ -165,6 +165,48 @@ def test_cancelled_asyncio_task_drops_its_items():
     b.close()
 
 
+def test_a_cancelled_task_counts_its_dropped_items_once(monkeypatch):
+    """The items of a cancelled awaiting task are still live when ``cancel`` takes them out under the lock, so the
+    worker never sees them cancelled and counts them as its own ``dropped`` (the race a disconnect storm hit)."""
+    fake, seen, told, at_entry = Fake(), [], [], []
+    b, gate = gated(fake, max_wait_ms=1, on_batch=seen.append)
+    real_cancel = b.cancel
+    monkeypatch.setattr(b, "cancel", lambda fs: (at_entry.extend(f.cancelled() for f in fs), real_cancel(fs))[1])
+
+    async def main():
+        task = asyncio.create_task(b.predict_async(list("abcde"), [1] * 5, on_cancel=told.append))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    fake.release.set()
+    assert b.predict(["z"], [1], timeout=5) == [("done", "z")]
+    assert at_entry == [False] * 5
+    assert told == [5] and sum(s.dropped for s in seen) == 0
+    assert all(not set("abcde") & set(batch) for batch in fake.batches)
+    b.close()
+
+
+def test_async_items_unrun_at_shutdown_answer_a_shutdown_error():
+    fake = Fake()
+    b, gate = gated(fake, max_wait_ms=1)
+
+    async def main():
+        task = asyncio.create_task(b.predict_async(["x", "y"], [1, 1], return_exceptions=True))
+        await asyncio.sleep(0.05)
+        closer = threading.Thread(target=b.close, kwargs={"drain": False})
+        closer.start()
+        got = await task
+        fake.release.set()
+        closer.join(5)
+        return got
+
+    got = asyncio.run(main())
+    assert [type(g) for g in got] == [ShutdownError, ShutdownError]
+
+
 def test_failure_reaches_callers_and_the_worker_survives():
     fake = Fake()
     b = Batcher(fake, max_wait_ms=1)

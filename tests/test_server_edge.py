@@ -204,15 +204,12 @@ def test_disconnect_storm_drops_abandoned_work(runtime):
         time.sleep(0.05)
         for s in storm:
             s.close()
-        t = time.perf_counter()
         r = httpx.post(f"{url}/v1/predict", json={"inputs": ["normal"]}, timeout=60)
-        waited = time.perf_counter() - t
         ran_before_it = sum(session.rows) - 1 - 1  # storm rows run before the normal answer (minus warm-up, itself)
         assert r.status_code == 200
         # Without cancellation the normal request waits behind all 1,280 abandoned inputs (FIFO, ~40 s of batches):
-        # counted, not timed, so a loaded machine cannot break it; the time bound is only a loose backstop.
+        # counted, not timed, so a loaded machine cannot break it.
         assert ran_before_it <= 20 * 64 // 2
-        assert waited < 20.0
         deadline = time.monotonic() + 60  # the server notices each disconnect on its own schedule: wait for all 20
         while True:
             got = scrape(url)
@@ -226,6 +223,7 @@ def test_disconnect_storm_drops_abandoned_work(runtime):
         assert got['bertrt_request_errors_total{reason="client_disconnected"}'] == 20
         assert got['bertrt_requests_total{code="499"}'] == 20
         assert cancelled == 20 * 64 - storm_rows  # every storm input either ran (rows the session saw) or was counted
+        assert got.get('bertrt_inputs_cancelled_total{reason="cancelled"}', 0) == 0  # each counted once, as a disconnect
         assert cancelled >= 20 * 64 // 2  # most of the abandoned work never ran
         assert got["bertrt_queue_depth"] == 0
 

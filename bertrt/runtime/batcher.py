@@ -110,16 +110,21 @@ class Batcher:
                             return_exceptions: bool = False) -> list:
         """Await results without blocking the event loop. Cancelling the awaiting task (or any failure) drops the
         items still queued; ``on_cancel(n)`` is then told how many were dropped before inference. With
-        ``return_exceptions`` an item that failed answers its exception in its place, and the others still run."""
+        ``return_exceptions`` an item that failed answers its exception in its place, and the others still run.
+
+        The futures are awaited through one loop future of their own, not ``asyncio.wrap_future``: cancelling a
+        wrapped future cancels its source from a loop callback, before this coroutine runs again, and the worker
+        would then discard those items itself and count them as its own ``dropped`` -- the same inputs told twice
+        or under the wrong reason. Here only ``cancel`` takes them out, under the lock, and counts them once."""
         futures = self.submit_many(items, tokens)
         try:
-            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
-                                             return_exceptions=return_exceptions))
+            await _all_done(futures)
         except BaseException:
             dropped = self.cancel(futures)
             if on_cancel is not None:
                 on_cancel(dropped)
             raise
+        return [_outcome(f) if return_exceptions else f.result() for f in futures]
 
     def cancel(self, futures: list[Future]) -> int:
         """Take these futures' items out of the queue, or out of the batch still being filled, and cancel them;
@@ -254,3 +259,38 @@ def runtime_batcher(runtime, run_batch: Callable[[list], list] | None = None, **
 
     return Batcher(run_batch or runtime.run_batch, padded_length=lambda n: padded_length(n, runtime.max_length),
                    **options)
+
+
+def _outcome(f: Future) -> Any:
+    """A done future's result, or the exception it failed with (shut down unrun: a ``ShutdownError``)."""
+    if f.cancelled():
+        return ShutdownError("the batcher shut down before this input ran")
+    return f.exception() or f.result()
+
+
+async def _all_done(futures: list[Future]) -> None:
+    """Wait until every one of these thread futures is done, without tying their fate to the awaiting task's."""
+    if not futures:
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def one_done(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            try:
+                loop.call_soon_threadsafe(wake)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    for f in futures:
+        f.add_done_callback(one_done)
+    await waiter
