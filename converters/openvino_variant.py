@@ -80,6 +80,25 @@ def time_backends(sessions: dict, batches) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in rounds.items()}
 
 
+def gate_precision(int8: bool, compute: str) -> str:
+    """The parity rules a variant is judged by: INT8's when its weights are, else those of what it computes in."""
+    return "int8" if int8 else ("fp32" if compute == "f32" else "bf16")
+
+
+def regate(artifact: Path, record: dict, task: str, ref: list[dict], batches, parity) -> dict:
+    """Re-run the gates of an artifact's written OpenVINO variant (``record``: its manifest entry), in the compute
+    the runtime uses for it on this CPU; returns the parity report (``bertrt verify``)."""
+    from bertrt.artifact import TASK_OUTPUTS
+
+    from .parity import check
+
+    compute = record.get("inference_precision", "f32")
+    compute = compute if compute in cpu_precisions() else "f32"  # as OpenVINOSession falls back
+    out = outputs(artifact / OPENVINO_FILES[0], batches, TASK_OUTPUTS[task], precision=compute)
+    report = check(task, gate_precision(record["precision"].startswith("int8"), compute), ref, out, batches, parity)
+    return report | {"inference_precision": compute}
+
+
 def add_variant(work: Path, onnx_final: Path, precision: str, task: str, ref: list[dict], batches, parity,
                 calib_feeds: list[dict], log, bf16: bool = False) -> tuple[dict, dict]:
     """Build, gate and time the OpenVINO variant beside the ONNX one (``onnx_final``, of ``precision``); return
@@ -100,8 +119,7 @@ def add_variant(work: Path, onnx_final: Path, precision: str, task: str, ref: li
     computes = cpu_precisions() if bf16 else ("f32",)
     if bf16 and "bf16" not in computes:
         log("--openvino-bf16: this CPU has no bf16 (AVX-512 BF16 or AMX); the variant computes in f32")
-    gate_precision = {c: "int8" if int8 else ("fp32" if c == "f32" else "bf16") for c in computes}
-    reports = {c: check(task, gate_precision[c], ref, outputs(xml, batches, TASK_OUTPUTS[task], precision=c),
+    reports = {c: check(task, gate_precision(int8, c), ref, outputs(xml, batches, TASK_OUTPUTS[task], precision=c),
                         batches, parity) for c in computes}
     passing = [c for c in computes if reports[c]["passed"]]
     for c in computes:

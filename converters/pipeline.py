@@ -298,4 +298,18 @@ def verify_artifact(artifact: str | os.PathLike, eval_path: str | None = None, c
         raise ParityError(f"{artifact} fails its parity gates on {pcfg.eval_path or 'the built-in sample'}: "
                           f"{failures(report)}", report)
     log(f"gates passed: {format_gates(report)}")
+    variant = manifest.get("backends", {}).get("openvino", {})
+    if variant.get("passed"):
+        from .openvino_variant import available, regate
+
+        if not available():
+            log("the OpenVINO variant is not re-gated: openvino and nncf are not installed (pip install "
+                "'bertrt[openvino]')")
+            return report
+        ov = regate(artifact, variant, manifest["task"], ref, batches, pcfg)
+        if not ov["passed"]:
+            raise ParityError(f"{artifact}'s OpenVINO variant fails its parity gates on "
+                              f"{pcfg.eval_path or 'the built-in sample'}: {failures(ov)}", ov)
+        log(f"OpenVINO variant ({ov['inference_precision']} compute) gates passed: {format_gates(ov)}")
+        report = report | {"openvino": ov}
     return report

@@ -250,3 +250,21 @@ def test_bf16_compute_is_gated_timed_and_kept_only_when_fastest(artifacts, tmp_p
     rt = Runtime(tmp_path / "bf16", backend="openvino")
     assert rt.session.precision == v["inference_precision"]
     assert f"openvino fp32{compute} " in describe_backends(m)
+
+
+def test_verify_regates_the_openvino_variant(artifacts, monkeypatch):
+    from bertrt.converters import openvino_variant
+    from bertrt.converters.pipeline import verify_artifact
+    from bertrt.errors import ParityError
+
+    for kind, (path, m) in artifacts.items():
+        report = verify_artifact(path, **QUIET)
+        ov_report = report["openvino"]
+        assert ov_report["precision"] == ("int8" if kind == "int8" else "fp32")
+        assert ov_report["inference_precision"] == "f32" and ov_report["passed"]
+        assert ov_report["agreement"] == 1.0 and ov_report["examples"] == report["examples"]
+    real = openvino_variant.outputs  # a variant that drifted: every logit moved by 1.0
+    monkeypatch.setattr(openvino_variant, "outputs", lambda *a, **k: [
+        {n: v + np.float32(1.0) for n, v in o.items()} for o in real(*a, **k)])
+    with pytest.raises(ParityError, match="OpenVINO variant fails its parity gates.*tensor"):
+        verify_artifact(artifacts["fp32"][0], **QUIET)
