@@ -283,22 +283,36 @@ def evaluate_command(
     max_length: int = typer.Option(None, help="Tokens per example; default: what the model was fine-tuned with."),
     doc_stride: int = typer.Option(None, help="QA: overlap between context windows (default: a quarter of the max "
                                    "length)."),
-    batch_size: int = typer.Option(64, help="Examples per forward pass; lower it if memory runs out."),
+    batch_size: int = typer.Option(None, help="Examples per forward pass (default 64); lower it if memory runs "
+                                   "out."),
     base: Path = typer.Option(None, help="PEFT checkpoints: where their base checkpoint is now, if it moved."),
     long: Long = typer.Option(Long.truncate, "--long", help=LONG_HELP),
-    backend: Backend = typer.Option(Backend.auto, help="Artifacts: " + BACKEND_HELP),
+    backend: Backend = typer.Option(None, help="Artifacts: " + BACKEND_HELP),
 ):
-    """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1."""
+    """Report a fine-tuned model's metrics: per-class P/R/F1 and confusion matrix, entity F1, or SQuAD EM/F1.
+
+    --max-length, --doc-stride, --batch-size and --base apply to checkpoints; an artifact is evaluated as it was
+    exported (its max length and stride, batches its runtime forms), through --backend."""
+    from .errors import ArtifactError, CheckpointError
     from .runtime.evaluate import evaluate_artifact, is_artifact
     from .tasks.report import format_report
 
     if is_artifact(model):
-        report = evaluate_artifact(model, data, long=long.value, backend=backend.value)
+        given = [name for name, v in (("--max-length", max_length), ("--doc-stride", doc_stride),
+                                      ("--batch-size", batch_size), ("--base", base)) if v is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ArtifactError(f"{', '.join(given)} {verb} to checkpoints, not to the artifact {model}: it is "
+                                "evaluated as it was exported (re-export it with --max-length / --doc-stride to "
+                                "change those)")
+        report = evaluate_artifact(model, data, long=long.value, backend=(backend or Backend.auto).value)
     else:
+        if backend is not None:
+            raise CheckpointError(f"--backend applies to artifacts; the checkpoint {model} is evaluated in PyTorch")
         from .train.evaluate import evaluate_dir
 
-        report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride, batch_size=batch_size,
-                              base=base, long=long.value)
+        report = evaluate_dir(model, data, max_length=max_length, doc_stride=doc_stride,
+                              batch_size=batch_size or 64, base=base, long=long.value)
     typer.echo(format_report(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")

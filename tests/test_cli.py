@@ -77,3 +77,15 @@ def test_help_shows_bracketed_extras_verbatim():
     for command, extra in (("predict", "bertrt[ray]"), ("serve", "bertrt[ray]"), ("finetune", "bertrt[track]")):
         r = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
         assert r.exit_code == 0 and extra in " ".join(r.output.split()), (command, r.output[-400:])
+
+
+def test_evaluate_refuses_options_that_do_not_apply_instead_of_ignoring_them(tiny_artifact, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n')
+    art = tiny_artifact("classify")
+    r = bertrt("evaluate", art, data, "--max-length", 64, "--batch-size", 8)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: --max-length, --batch-size apply to checkpoints, not to the artifact "), r.stderr
+    r = bertrt("evaluate", tmp_path, data, "--backend", "openvino")  # a folder without bertrt.json: a checkpoint
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"error: --backend applies to artifacts; the checkpoint {tmp_path} is evaluated in PyTorch"
