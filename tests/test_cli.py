@@ -88,4 +88,5 @@ def test_evaluate_refuses_options_that_do_not_apply_instead_of_ignoring_them(tin
     assert r.stderr.startswith("error: --max-length, --batch-size apply to checkpoints, not to the artifact "), r.stderr
     r = bertrt("evaluate", tmp_path, data, "--backend", "openvino")  # a folder without bertrt.json: a checkpoint
     assert r.returncode == 1
-    assert r.stderr.strip() == f"error: --backend applies to artifacts; the checkpoint {tmp_path} is evaluated in PyTorch"
+    assert r.stderr.strip() == (f"error: --backend applies to artifacts; the checkpoint {tmp_path} is evaluated in "
+                                "PyTorch")

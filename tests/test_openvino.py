@@ -89,7 +89,8 @@ def test_export_writes_a_gated_and_timed_openvino_variant(artifacts):
             assert v["parity"]["gates"]["tensor"]["rule"] == "SNR >= 20 dB"
         else:
             assert all(m[0] != "FakeQuantize" for m in matmuls) and v["parity"]["gates"]["tensor"]["value"] <= 1e-4
-        assert v["computes"] == {"f32": {"passed": True, "seconds": v["seconds"]}}  # bf16 only when asked
+        # no bf16 candidate unless asked
+        assert v["computes"] == {"f32": {"ir": v["precision"], "passed": True, "seconds": v["seconds"]}}
         assert v["inference_precision"] == "f32"
         timed = {k: m["backends"][k]["seconds"] for k in ("onnxruntime", "openvino")}
         fastest = min(timed, key=timed.get)
@@ -250,6 +251,28 @@ def test_bf16_compute_is_gated_timed_and_kept_only_when_fastest(artifacts, tmp_p
     rt = Runtime(tmp_path / "bf16", backend="openvino")
     assert rt.session.precision == v["inference_precision"]
     assert f"openvino fp32{compute} " in describe_backends(m)
+
+
+def test_with_int8_the_bf16_candidate_is_the_fp32_ir(artifacts, tmp_path):
+    """--quantize with --openvino-bf16: the NNCF INT8 IR computes in f32 and the fp32 IR in bf16 (never INT8 in
+    bf16); the artifact carries the IR of the candidate kept, and says which."""
+    ckpt = artifacts["fp32"][1]["source"]["checkpoint"]
+    m = export_artifact(ckpt, tmp_path / "q", quantize=QuantizeConfig(mode="dynamic"),
+                        openvino=OpenVINOConfig("on", bf16=True), **QUIET)
+    v = m["backends"]["openvino"]
+    has_bf16 = "bf16" in cpu_precisions()
+    assert {c: r["ir"] for c, r in v["computes"].items()} == ({"f32": "int8-nncf", "bf16": "fp32"} if has_bf16
+                                                              else {"f32": "int8-nncf"})
+    assert v["precision"] == v["computes"][v["inference_precision"]]["ir"]
+    fake_quantized = sum(op.get_type_name() == "FakeQuantize"
+                         for op in ov.Core().read_model(str(tmp_path / "q" / OPENVINO_FILES[0])).get_ops())
+    assert (fake_quantized > 0) == (v["precision"] == "int8-nncf")
+    if v["inference_precision"] == "bf16":
+        assert v["parity"]["precision"] == "bf16"
+    else:
+        assert v["parity"]["precision"] == "int8"
+    rt = Runtime(tmp_path / "q", backend="openvino")
+    assert rt.session.precision == v["inference_precision"]
 
 
 def test_verify_regates_the_openvino_variant(artifacts, monkeypatch):
