@@ -154,11 +154,11 @@ def export(
                                           "it, so that the runtime's backend auto can pick the faster: auto when "
                                           "openvino and nncf are installed (the openvino extra); off for a smaller, "
                                           "quicker export; on to fail without them."),
-    openvino_bf16: bool = typer.Option(False, "--openvino-bf16", help="Also gate and time the fp32 OpenVINO IR "
-                                       "computing in bf16 on a CPU with bf16 (AVX-512 BF16 or AMX), and keep the "
-                                       "fastest variant that passes (with --quantize it competes with the NNCF INT8 "
-                                       "IR). Gate it with --eval on data like yours: the built-in sample sees little "
-                                       "of what bf16 may change."),
+    openvino_bf16: Optional[bool] = typer.Option(None, "--openvino-bf16/--no-openvino-bf16", help="Also gate and "
+                                                 "time the fp32 OpenVINO IR computing in bf16 on a CPU with bf16 "
+                                                 "(AVX-512 BF16 or AMX), and keep the fastest variant that passes. "
+                                                 "Default: with --quantize (bf16 is nearer fp32 than INT8 is), not "
+                                                 "for an fp32 export."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --output."),
 ):
     """Export a checkpoint to a verified ONNX artifact: export, fuse, optionally quantize, and pass the parity

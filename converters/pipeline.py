@@ -186,7 +186,8 @@ def export_artifact(checkpoint: str | os.PathLike, output: str | os.PathLike, ex
             from .openvino_variant import add_variant
 
             backends, extra_files = add_variant(work, current, precision, task, ref, batches, parity,
-                                                calib or [b.feeds for b in batches], log, bf16=openvino.bf16)
+                                                calib or [b.feeds for b in batches], log,
+                                                bf16=openvino.wants_bf16(precision.startswith("int8")))
 
         tok_dir = work / "tokenizer"
         tok_fp = save_tokenizer(tokenizer, tok_dir, max_length)
