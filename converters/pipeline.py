@@ -224,6 +224,8 @@ def _wants_openvino(cfg: OpenVINOConfig, optimize: OptimizeConfig, parity: Parit
     from .openvino_variant import available
 
     if cfg.mode == "off":
+        if cfg.bf16:
+            raise ExportError("--openvino-bf16 adds a candidate to the OpenVINO variant: not with --openvino off")
         return False
     cpu = not optimize.fp16 and parity.device == "cpu"
     if cfg.mode == "on" and not cpu:

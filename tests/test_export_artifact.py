@@ -145,6 +145,13 @@ def test_unknown_task_is_refused_before_anything_runs(ckpts, tmp_path):
     assert r.returncode != 0 and "summarize" in r.stderr and not (tmp_path / "x").exists()
 
 
+def test_openvino_options_that_cannot_apply_are_refused_before_anything_runs(ckpts, tmp_path):
+    r = _cli("export", ckpts["classify"], "-o", tmp_path / "x", "--openvino", "off", "--openvino-bf16")
+    assert r.returncode == 1
+    assert r.stderr == ("error: --openvino-bf16 adds a candidate to the OpenVINO variant: not with --openvino off\n")
+    assert not (tmp_path / "x").exists()
+
+
 def test_eval_file_of_the_wrong_task_is_refused(ckpts, tmp_path):
     ner = tmp_path / "ner.jsonl"
     ner.write_text(json.dumps({"tokens": ["Alice", "lives", "in", "Paris"], "tags": ["O", "O", "O", "B-LOC"]}) + "\n")
