@@ -286,8 +286,8 @@ def test_verify_regates_the_openvino_variant(artifacts, monkeypatch):
         assert ov_report["precision"] == ("int8" if kind == "int8" else "fp32")
         assert ov_report["inference_precision"] == "f32" and ov_report["passed"]
         assert ov_report["agreement"] == 1.0 and ov_report["examples"] == report["examples"]
-    real = openvino_variant.outputs  # a variant that drifted: every logit moved by 1.0
-    monkeypatch.setattr(openvino_variant, "outputs", lambda *a, **k: [
+    real = openvino_variant.session_outputs  # a variant that drifted: every logit moved by 1.0
+    monkeypatch.setattr(openvino_variant, "session_outputs", lambda *a, **k: [
         {n: v + np.float32(1.0) for n, v in o.items()} for o in real(*a, **k)])
     with pytest.raises(ParityError, match="OpenVINO variant fails its parity gates.*tensor"):
         verify_artifact(artifacts["fp32"][0], **QUIET)
